@@ -1,0 +1,186 @@
+//! `herald serve` settings: flags, then `HERALD_*` environment variables, then the
+//! `--config` TOML file, then defaults.
+//!
+//! The TOML file uses the flag names as keys (`max-connections = 500`, or
+//! `max_connections`). It is applied by parsing the command line a second time with
+//! the file's values placed before the real arguments, for the settings that neither
+//! a flag nor the environment set: one parser, one set of error messages.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// Herald: a Server-Sent Events notification hub.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, args_override_self = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the hub.
+    Serve(Box<Serve>),
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `herald serve`. Log levels come from `RUST_LOG` (default `info`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Serve {
+    /// TOML file with settings (keys are the flag names); flags and env win over it.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Address to listen on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// Interval between heartbeats on idle streams (e.g. 15s, 500ms).
+    #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15s", value_parser = duration)]
+    pub(crate) heartbeat: Duration,
+
+    /// Send heartbeats as `event: heartbeat` with `data: {}` instead of SSE comments.
+    #[arg(long, env = "HERALD_HEARTBEAT_EVENT")]
+    pub(crate) heartbeat_event: bool,
+
+    /// Open event streams allowed at once; beyond it: 503 with Retry-After.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub(crate) max_connections: usize,
+
+    /// Events a subscriber may fall behind on one topic before it is disconnected (it resumes from its cursor); rounded up to a power of two.
+    #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 256)]
+    pub(crate) queue_size: usize,
+
+    /// Largest event `data`, as compact JSON, in bytes; beyond it: 413.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub(crate) max_payload_bytes: usize,
+
+    /// Topics allowed on one connection.
+    #[arg(long, env = "HERALD_MAX_TOPICS", default_value_t = 32)]
+    pub(crate) max_topics: usize,
+
+    /// Events kept per topic for resume (0 turns history off).
+    #[arg(long, env = "HERALD_RETENTION_EVENTS", default_value_t = 1000)]
+    pub(crate) retention_events: usize,
+
+    /// How long events are kept for resume (e.g. 1h, 10m).
+    #[arg(long, env = "HERALD_RETENTION_TTL", default_value = "1h", value_parser = duration)]
+    pub(crate) retention_ttl: Duration,
+
+    /// The `retry:` hint sent to clients: how long they wait before reconnecting.
+    #[arg(long, env = "HERALD_RETRY", default_value = "2s", value_parser = duration)]
+    pub(crate) retry: Duration,
+
+    /// How long a shutdown waits for connections to close before exiting.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
+    pub(crate) shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 15s, 500ms, 1h)"))
+}
+
+impl Serve {
+    pub(crate) fn hub_config(&self) -> herald::HubConfig {
+        herald::HubConfig {
+            heartbeat: self.heartbeat,
+            heartbeat_event: self.heartbeat_event,
+            retry: self.retry,
+            max_connections: self.max_connections,
+            queue_size: self.queue_size,
+            max_payload_bytes: self.max_payload_bytes,
+            max_topics: self.max_topics,
+            retention_events: self.retention_events,
+            retention_ttl: self.retention_ttl,
+        }
+    }
+}
+
+/// Parses the command line, the environment and the `--config` file.
+pub(crate) fn parse() -> anyhow::Result<Cli> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let matches = Cli::command().get_matches_from(&args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let Command::Serve(serve) = &cli.command;
+    let Some(path) = serve.config.clone() else {
+        return Ok(cli);
+    };
+    let Some((_, sub)) = matches.subcommand() else {
+        return Ok(cli);
+    };
+    let injected = file_args(&path, sub)?;
+    // Program name and subcommand, then the file's settings, then the real arguments
+    // (which win: `args_override_self` keeps the last value).
+    let mut merged: Vec<OsString> = args.iter().take(2).cloned().collect();
+    merged.extend(injected.into_iter().map(OsString::from));
+    merged.extend(args.iter().skip(2).cloned());
+    let matches = Cli::command().get_matches_from(&merged);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// `--flag=value` arguments for the file's settings that no flag or env var set.
+fn file_args(path: &PathBuf, matches: &ArgMatches) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let table: BTreeMap<String, toml::Value> = toml::from_str(&text)
+        .with_context(|| format!("invalid TOML in config file {}", path.display()))?;
+    let known: Vec<String> = Serve::command_for_keys();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let flag = key.replace('_', "-");
+        if flag == "config" || !known.contains(&flag) {
+            bail!(
+                "unknown setting {key:?} in config file {} (known: {})",
+                path.display(),
+                known.join(", ")
+            );
+        }
+        let id = flag.replace('-', "_");
+        if matches.value_source(&id) != Some(ValueSource::DefaultValue)
+            && matches.value_source(&id).is_some()
+        {
+            continue; // set by a flag or the environment: they win
+        }
+        match value {
+            toml::Value::Boolean(true) => out.push(format!("--{flag}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => out.push(format!("--{flag}={s}")),
+            toml::Value::Integer(i) => out.push(format!("--{flag}={i}")),
+            other => bail!(
+                "setting {key:?} in config file {} must be a string, integer or boolean, not {}",
+                path.display(),
+                other.type_str()
+            ),
+        }
+    }
+    Ok(out)
+}
+
+impl Serve {
+    /// The long flag names of `serve`.
+    fn command_for_keys() -> Vec<String> {
+        Self::augment_args(clap::Command::new("serve"))
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .collect()
+    }
+}

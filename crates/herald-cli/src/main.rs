@@ -1,0 +1,110 @@
+//! The `herald` executable: `herald serve` runs the hub.
+
+mod config;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use config::{Command, LogFormat, Serve};
+
+fn main() -> std::process::ExitCode {
+    let cli = match config::parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let Command::Serve(serve) = cli.command;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(*serve)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(serve: Serve) -> anyhow::Result<()> {
+    init_logging(serve.log_format);
+    let hub = herald::Hub::new(serve.hub_config()).context("invalid settings")?;
+    let listener = TcpListener::bind(serve.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    // Tests and scripts read this line to find an ephemeral port.
+    tracing::info!(%addr, backend = hub.status().backend, "herald listening on http://{addr}");
+
+    let stopping = hub.clone();
+    let grace = serve.shutdown_grace;
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: ending streams with a retry hint");
+        stopping.shutdown();
+        let _ = stopped_tx.send(());
+    };
+    let server = axum::serve(listener, hub.router()).with_graceful_shutdown(shutdown);
+    let server = tokio::spawn(async move { server.await });
+    // Graceful shutdown waits for every connection; give it `grace`, then exit anyway.
+    tokio::select! {
+        res = server => {
+            res.context("server task failed")?.context("server failed")?;
+        }
+        _ = async {
+            let _ = stopped_rx.await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace = ?grace, "connections still open after the grace period; exiting");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,105 @@
+//! The local registry: topic -> subscribers of this process.
+//!
+//! Each topic with local subscribers has one `tokio::sync::broadcast` ring of
+//! encoded [`Frame`]s; a subscriber is a receiver on it (16 bytes when idle), and
+//! a dispatch is one push whatever the number of subscribers. A subscriber that
+//! falls more than the ring's capacity behind gets `Lagged` and is disconnected by
+//! its stream: publishers never wait for a slow client.
+//! (`../shared/notes/dependencies.md` §3 measured this against a queue per subscriber.)
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+
+use crate::event::Topic;
+use crate::sse::Frame;
+
+/// Topic -> broadcast ring of this process's subscribers.
+#[derive(Debug)]
+pub(crate) struct Fanout {
+    /// Held only for map lookups and inserts, never across an await or a socket write.
+    topics: Mutex<HashMap<Topic, broadcast::Sender<Frame>>>,
+    /// Ring size per topic: how far a subscriber may fall behind.
+    capacity: usize,
+}
+
+impl Fanout {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            topics: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, broadcast::Sender<Frame>>> {
+        // A panic while holding this lock cannot leave the map half-updated
+        // (every operation is one insert/remove), so poisoning is ignored.
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a subscriber: it receives every frame dispatched from now on.
+    pub(crate) fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Frame> {
+        let mut topics = self.lock();
+        match topics.get(topic) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(self.capacity);
+                topics.insert(topic.clone(), tx);
+                rx
+            }
+        }
+    }
+
+    /// Hands `frame` to every local subscriber of `topic`; returns how many there are.
+    pub(crate) fn dispatch(&self, topic: &Topic, frame: Frame) -> usize {
+        let topics = self.lock();
+        match topics.get(topic) {
+            // `send` fails only when there is no receiver left, which `release` is
+            // about to clean up: nothing to deliver then.
+            Some(tx) => tx.send(frame).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Forgets `topic` when its last subscriber is gone (call after dropping the receiver).
+    pub(crate) fn release(&self, topic: &Topic) {
+        let mut topics = self.lock();
+        if topics.get(topic).is_some_and(|tx| tx.receiver_count() == 0) {
+            topics.remove(topic);
+        }
+    }
+
+    /// Topics with at least one local subscriber.
+    pub(crate) fn topic_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Subscriptions (a connection on three topics counts three).
+    pub(crate) fn subscription_count(&self) -> usize {
+        self.lock().values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventName, Position};
+
+    #[test]
+    fn release_removes_only_empty_topics() {
+        let f = Fanout::new(4);
+        let t = Topic::new("t").unwrap();
+        let a = f.subscribe(&t);
+        let b = f.subscribe(&t);
+        assert_eq!((f.topic_count(), f.subscription_count()), (1, 2));
+        drop(a);
+        f.release(&t);
+        assert_eq!(f.topic_count(), 1);
+        drop(b);
+        f.release(&t);
+        assert_eq!((f.topic_count(), f.subscription_count()), (0, 0));
+        let ev = Event::new(t.clone(), EventName::message(), "1");
+        assert_eq!(f.dispatch(&t, Frame::new(Position::new(1, 0), &ev)), 0);
+    }
+}

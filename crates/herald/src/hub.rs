@@ -1,0 +1,256 @@
+//! The hub: one backend, one local fanout, the shared timers, and the publish API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, BackendError};
+use crate::config::{ConfigError, HubConfig};
+use crate::event::{Event, EventName, NameError, Position, Topic};
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+use crate::sse;
+
+/// Why a publish was refused. Nothing of the request was published.
+#[derive(Debug, Error)]
+pub enum PublishError {
+    /// A topic or event name is invalid.
+    #[error(transparent)]
+    BadName(#[from] NameError),
+    /// An event's data is larger than `max_payload_bytes`.
+    #[error("event data is {size} bytes as compact JSON, the limit is {max}")]
+    PayloadTooLarge {
+        /// The data's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The data could not be serialised as JSON.
+    #[error("event data is not serialisable as JSON: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// The batch is empty.
+    #[error("nothing to publish: the batch is empty")]
+    EmptyBatch,
+    /// The backend could not take the events.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// A snapshot of the hub, as `GET /status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// Open event streams.
+    pub connections: usize,
+    /// Topics with at least one subscriber on this instance.
+    pub topics: usize,
+    /// Subscriptions on this instance (a stream on three topics counts three).
+    pub subscriptions: usize,
+    /// Topics holding retained history.
+    pub retained_topics: usize,
+    /// Events published through this instance since it started.
+    pub events_published: u64,
+    /// Seconds since the hub started.
+    pub uptime_seconds: u64,
+    /// The crate version.
+    pub version: &'static str,
+}
+
+/// A Server-Sent Events hub. Cheap to clone: clones share one hub.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+/// let app = axum::Router::new().merge(hub.router());
+/// let pos = hub.publish("comments", "created", &serde_json::json!({"id": 42})).await.unwrap();
+/// # let _ = (app, pos);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Hub {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) config: HubConfig,
+    pub(crate) fanout: Arc<Fanout>,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) metrics: Metrics,
+    /// One heartbeat ticker for all streams: each stream holds a receiver (no timer
+    /// per connection), and the heartbeat frame is shared.
+    pub(crate) heartbeat: broadcast::Sender<Bytes>,
+    /// Cancelled by [`Hub::shutdown`]: every stream ends with a `retry:` hint.
+    pub(crate) shutdown: CancellationToken,
+    /// Cancelled when the last clone of the hub is dropped: stops the timers.
+    tasks: CancellationToken,
+    /// Open streams, for the connection limit.
+    pub(crate) connections: AtomicUsize,
+    pub(crate) retry_frame: Bytes,
+    started: Instant,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tasks.cancel();
+    }
+}
+
+impl Hub {
+    /// Starts a hub on the in-memory backend. Must be called inside a tokio runtime
+    /// (it starts the heartbeat and history-expiry timers).
+    pub fn new(config: HubConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let fanout = Arc::new(Fanout::new(config.queue_size));
+        let memory = Arc::new(MemoryBackend::new(
+            fanout.clone(),
+            config.retention_events,
+            config.retention_ttl,
+        ));
+        let tasks = CancellationToken::new();
+        spawn_sweeper(memory.clone(), tasks.clone());
+        let backend: Arc<dyn Backend> = memory;
+        let (heartbeat, _) = broadcast::channel(1);
+        spawn_heartbeat(&config, heartbeat.clone(), tasks.clone());
+        let retry_frame = sse::retry(u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                fanout,
+                backend,
+                metrics: Metrics::new(),
+                heartbeat,
+                shutdown: CancellationToken::new(),
+                tasks,
+                connections: AtomicUsize::new(0),
+                retry_frame,
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The settings the hub runs with.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Publishes one event: `data` is serialised to JSON and sent verbatim as the
+    /// `data:` line. Returns the event's position in its topic.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<Position, PublishError> {
+        let event = Event::new(
+            Topic::new(topic)?,
+            EventName::new(event)?,
+            serde_json::to_vec(data)?,
+        );
+        let mut positions = self.publish_events(vec![event]).await?;
+        positions.pop().ok_or(PublishError::EmptyBatch)
+    }
+
+    /// Publishes a batch, all or nothing, in order. Returns the positions in batch order.
+    pub async fn publish_events(&self, events: Vec<Event>) -> Result<Vec<Position>, PublishError> {
+        let inner = &self.inner;
+        let result = self.publish_checked(&events).await;
+        if result.is_err() {
+            inner.metrics.publish_rejected.inc();
+        }
+        result
+    }
+
+    async fn publish_checked(&self, events: &[Event]) -> Result<Vec<Position>, PublishError> {
+        let inner = &self.inner;
+        if events.is_empty() {
+            return Err(PublishError::EmptyBatch);
+        }
+        let max = inner.config.max_payload_bytes;
+        if let Some(e) = events.iter().find(|e| e.data.len() > max) {
+            return Err(PublishError::PayloadTooLarge {
+                size: e.data.len(),
+                max,
+            });
+        }
+        let started = Instant::now();
+        let positions = inner.backend.publish(events).await?;
+        inner.metrics.observe_publish(started.elapsed());
+        inner.metrics.events_published.inc_by(events.len() as u64);
+        Ok(positions)
+    }
+
+    /// Ends every open stream with a `retry:` hint (clients reconnect, elsewhere if
+    /// a load balancer sends them there). New streams are refused with 503 after this.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// A snapshot of connections, topics and counters.
+    pub fn status(&self) -> Status {
+        let inner = &self.inner;
+        Status {
+            backend: inner.backend.name(),
+            connections: inner.connections.load(Ordering::Relaxed),
+            topics: inner.fanout.topic_count(),
+            subscriptions: inner.fanout.subscription_count(),
+            retained_topics: inner.backend.retained_topics(),
+            events_published: inner.metrics.events_published.get(),
+            uptime_seconds: inner.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// Whether the backend can take publishes now.
+    pub async fn ready(&self) -> bool {
+        self.inner.backend.ready().await
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+}
+
+fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: CancellationToken) {
+    let frame = if config.heartbeat_event {
+        sse::encode_event(None, "heartbeat", b"{}")
+    } else {
+        sse::comment("heartbeat")
+    };
+    let mut every = tokio::time::interval(config.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::spawn(async move {
+        every.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {
+                    // No receiver (no stream open) is fine.
+                    let _ = tx.send(frame.clone());
+                }
+            }
+        }
+    });
+}
+
+fn spawn_sweeper(memory: Arc<MemoryBackend>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => memory.sweep(),
+            }
+        }
+    });
+}

@@ -1,0 +1,192 @@
+//! SSE wire encoding, per the WHATWG spec
+//! (<https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation>).
+//!
+//! Each published event is encoded once into a [`Frame`] whose bytes every
+//! subscriber shares. Names are validated before they get here; this module still
+//! never lets a CR or LF through a field other than `data`, whose lines it splits.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::event::{Event, Position};
+
+/// One event encoded for the wire, shared by every subscriber of its topic.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The event's position in its topic.
+    pub pos: Position,
+    /// `id: <pos>\nevent: <name>\ndata: ...\n\n`: the whole frame, as sent to
+    /// single-topic connections, whose cursor is the position itself.
+    full: Bytes,
+    /// Where the `event:` line starts in `full`; multi-topic connections write their
+    /// own `id:` line and then `full[body_start..]`.
+    body_start: usize,
+}
+
+impl Frame {
+    /// Encodes `event` at position `pos`.
+    pub fn new(pos: Position, event: &Event) -> Self {
+        let id = pos.to_string();
+        let mut buf =
+            BytesMut::with_capacity(id.len() + event.name.as_str().len() + event.data.len() + 24);
+        put_field(&mut buf, "id", id.as_bytes());
+        let body_start = buf.len();
+        put_field(&mut buf, "event", event.name.as_str().as_bytes());
+        put_data(&mut buf, &event.data);
+        buf.put_u8(b'\n');
+        Self {
+            pos,
+            full: buf.freeze(),
+            body_start,
+        }
+    }
+
+    /// The whole frame including its own `id:` line.
+    pub fn full(&self) -> &Bytes {
+        &self.full
+    }
+
+    /// The frame without its `id:` line (`event:` and `data:` lines and the blank line).
+    pub fn body(&self) -> Bytes {
+        self.full.slice(self.body_start..)
+    }
+}
+
+/// Writes `name: value\n`, replacing any CR or LF in `value` by a space so a value
+/// can never start a new field (names reaching here are validated already; this is
+/// the second fence).
+fn put_field(buf: &mut BytesMut, name: &str, value: &[u8]) {
+    buf.put_slice(name.as_bytes());
+    buf.put_slice(b": ");
+    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        buf.extend(value.iter().map(|&b| {
+            if matches!(b, b'\r' | b'\n' | 0) {
+                b' '
+            } else {
+                b
+            }
+        }));
+    } else {
+        buf.put_slice(value);
+    }
+    buf.put_u8(b'\n');
+}
+
+/// Writes `data` as one `data:` line per line of it, splitting on CRLF, CR and LF
+/// as the spec's parser does, so the client rebuilds the text with LF line ends.
+fn put_data(buf: &mut BytesMut, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
+            None => {
+                put_line(buf, rest);
+                return;
+            }
+            Some(i) => {
+                put_line(buf, &rest[..i]);
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[i + skip..];
+            }
+        }
+    }
+}
+
+fn put_line(buf: &mut BytesMut, line: &[u8]) {
+    buf.put_slice(b"data: ");
+    buf.put_slice(line);
+    buf.put_u8(b'\n');
+}
+
+/// Encodes a complete event with an optional `id:`, for the hub's own events
+/// (`herald.reset`) and for tests.
+pub fn encode_event(id: Option<&str>, name: &str, data: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(name.len() + data.len() + 32);
+    if let Some(id) = id {
+        put_field(&mut buf, "id", id.as_bytes());
+    }
+    put_field(&mut buf, "event", name.as_bytes());
+    put_data(&mut buf, data);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// `retry: <ms>\n\n`: tells the client how long to wait before reconnecting.
+pub fn retry(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// `id: <cursor>\n\n`: sets the client's last event ID without firing an event
+/// (step 1 of the spec's dispatch runs before the empty-data check), so a client
+/// that reconnects before any event arrives still resumes from where it started.
+pub fn id_only(cursor: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(cursor.len() + 6);
+    put_field(&mut buf, "id", cursor.as_bytes());
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// `id: <cursor>\n`: the per-connection id line written before a shared frame body.
+pub fn id_line(cursor: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(cursor.len() + 5);
+    put_field(&mut buf, "id", cursor.as_bytes());
+    buf.freeze()
+}
+
+/// `: <text>\n\n`, an SSE comment (heartbeats); CR and LF in `text` become spaces.
+pub fn comment(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 4);
+    buf.put_u8(b':');
+    let mut field = BytesMut::new();
+    put_field(&mut field, "", text.as_bytes());
+    // put_field wrote ": text\n"; keep " text\n".
+    buf.put_slice(&field[1..]);
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventName, Topic};
+
+    #[test]
+    fn frame_layout() {
+        let ev = Event::new(
+            Topic::new("t").unwrap(),
+            EventName::new("created").unwrap(),
+            &b"{\"a\":1}"[..],
+        );
+        let f = Frame::new(Position::new(5, 1), &ev);
+        assert_eq!(
+            &f.full()[..],
+            b"id: 5-1\nevent: created\ndata: {\"a\":1}\n\n"
+        );
+        assert_eq!(&f.body()[..], b"event: created\ndata: {\"a\":1}\n\n");
+    }
+
+    #[test]
+    fn data_lines_split_on_every_line_end() {
+        assert_eq!(
+            &encode_event(None, "m", b"a\r\nb\rc\nd")[..],
+            b"event: m\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+        assert_eq!(&encode_event(None, "m", b"")[..], b"event: m\ndata: \n\n");
+        assert_eq!(
+            &encode_event(None, "m", b"x\n")[..],
+            b"event: m\ndata: x\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn fields_and_comments_cannot_break_lines() {
+        assert_eq!(
+            &encode_event(Some("1\nevent: x"), "a\r\nb", b"d")[..],
+            b"id: 1 event: x\nevent: a  b\ndata: d\n\n"
+        );
+        assert_eq!(&comment("hi\nthere")[..], b": hi there\n\n");
+        assert_eq!(&comment("")[..], b": \n\n");
+    }
+}

@@ -1,0 +1,284 @@
+//! One subscriber's event stream: resume, live delivery, heartbeats, the end.
+//!
+//! Order of work when a stream opens: register live on every topic, read each
+//! topic's history after the cursor, then write `retry:` and the starting cursor,
+//! `herald.reset` if some history is gone, the replayed events, and live events,
+//! dropping any live event at or below a position already written (no race between
+//! history and live, nothing twice).
+//!
+//! Slow subscribers: the stream reads its topics' broadcast rings only as fast as
+//! the socket takes the bytes. One that falls a full ring behind gets `Lagged`, and
+//! the stream ends after a `retry:` hint; the client resumes from its cursor.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, Stream, StreamExt};
+use tokio::sync::broadcast;
+use tokio_stream::StreamMap;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::backend::BackendError;
+use crate::cursor::TopicSet;
+use crate::event::Position;
+use crate::hub::{Hub, Inner};
+use crate::sse::{self, Frame};
+
+/// Coalesce queued frames into one write up to about this many bytes.
+const COALESCE_BYTES: usize = 32 * 1024;
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("the connection limit ({0}) is reached")]
+    Full(usize),
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Counts an open stream and releases its topics when dropped.
+#[derive(Debug)]
+struct Registration {
+    inner: Arc<Inner>,
+    set: TopicSet,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for t in self.set.topics() {
+            self.inner.fanout.release(t);
+        }
+        self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        self.inner.metrics.connections.dec();
+        tracing::debug!(topics = self.set.topics().len(), "stream closed");
+    }
+}
+
+struct Conn {
+    /// Declared before `registration`: fields drop in order, so the receivers are
+    /// gone when the registration releases the topics.
+    live: StreamMap<usize, BroadcastStream<Frame>>,
+    heartbeat: broadcast::Receiver<Bytes>,
+    /// Each topic's last position written to this client.
+    positions: Vec<Position>,
+    /// Written before anything live: retry, cursor, reset, history.
+    prelude: Option<Bytes>,
+    done: bool,
+    registration: Registration,
+}
+
+/// Opens a stream for `set`, resuming from `cursor` (one position per topic).
+pub(crate) async fn open(
+    hub: &Hub,
+    set: TopicSet,
+    cursor: Option<Vec<Position>>,
+) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static, OpenError>
+{
+    let inner = &hub.inner;
+    if inner.shutdown.is_cancelled() {
+        return Err(OpenError::ShuttingDown);
+    }
+    let max = inner.config.max_connections;
+    if inner.connections.fetch_add(1, Ordering::Relaxed) >= max {
+        inner.connections.fetch_sub(1, Ordering::Relaxed);
+        inner.metrics.connections_rejected.inc();
+        return Err(OpenError::Full(max));
+    }
+    inner.metrics.connections.inc();
+    inner.metrics.connections_total.inc();
+    // From here on, dropping `registration` undoes the count and the subscriptions.
+    let registration = Registration {
+        inner: inner.clone(),
+        set,
+    };
+    let set = &registration.set;
+
+    // Live first...
+    let mut live = StreamMap::with_capacity(set.topics().len());
+    for (i, t) in set.topics().iter().enumerate() {
+        live.insert(i, BroadcastStream::new(inner.fanout.subscribe(t)));
+    }
+    // ...then history.
+    let mut positions = Vec::with_capacity(set.topics().len());
+    let mut reset = Vec::new();
+    let mut replay: Vec<(usize, Frame)> = Vec::new();
+    for (i, t) in set.topics().iter().enumerate() {
+        let after = cursor.as_ref().map(|c| c[i]);
+        let history = inner.backend.resume(t, after).await?;
+        match after {
+            Some(p) if !history.reset => positions.push(p),
+            _ => positions.push(history.head),
+        }
+        if history.reset {
+            reset.push(t.as_str());
+        }
+        replay.extend(history.frames.into_iter().map(|f| (i, f)));
+    }
+    // Positions carry their publish time: interleave topics roughly as published.
+    replay.sort_by_key(|(_, f)| f.pos);
+
+    let mut prelude = Chunk::default();
+    prelude.push(inner.retry_frame.clone());
+    let start_cursor = set.encode(&positions);
+    if reset.is_empty() {
+        prelude.push(sse::id_only(&start_cursor));
+    } else {
+        inner.metrics.resets.inc();
+        let data = serde_json::json!({ "topics": reset }).to_string();
+        prelude.push(sse::encode_event(
+            Some(&start_cursor),
+            "herald.reset",
+            data.as_bytes(),
+        ));
+    }
+    inner.metrics.events_replayed.inc_by(replay.len() as u64);
+    inner.metrics.events_delivered.inc_by(replay.len() as u64);
+    let mut conn = Conn {
+        live,
+        heartbeat: inner.heartbeat.subscribe(),
+        positions,
+        prelude: None,
+        done: false,
+        registration,
+    };
+    for (i, frame) in replay {
+        conn.write_chunk(i, &frame, &mut prelude);
+    }
+    conn.prelude = prelude.finish();
+    tracing::debug!(
+        topics = conn.positions.len(),
+        resumed = cursor.is_some(),
+        "stream opened"
+    );
+    Ok(futures_util::stream::unfold(conn, |mut conn| async move {
+        let chunk = conn.next_chunk().await?;
+        Some((Ok(chunk), conn))
+    }))
+}
+
+/// Bytes gathered for one write: the first frame as is (no copy), later ones copied in.
+#[derive(Default)]
+struct Chunk {
+    first: Option<Bytes>,
+    rest: BytesMut,
+}
+
+impl Chunk {
+    fn push(&mut self, b: Bytes) {
+        match &self.first {
+            None => self.first = Some(b),
+            Some(first) => {
+                if self.rest.is_empty() {
+                    self.rest.extend_from_slice(first);
+                }
+                self.rest.extend_from_slice(&b);
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        if self.rest.is_empty() {
+            self.first.as_ref().map_or(0, Bytes::len)
+        } else {
+            self.rest.len()
+        }
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        if self.rest.is_empty() {
+            self.first
+        } else {
+            Some(self.rest.freeze())
+        }
+    }
+}
+
+impl Conn {
+    fn inner(&self) -> &Inner {
+        &self.registration.inner
+    }
+
+    /// Appends `frame` of topic `i` unless it was written already; returns whether it was.
+    fn write_chunk(&mut self, i: usize, frame: &Frame, out: &mut Chunk) -> bool {
+        let Some(last) = self.positions.get_mut(i) else {
+            return false;
+        };
+        if frame.pos <= *last {
+            return false;
+        }
+        *last = frame.pos;
+        if self.positions.len() == 1 {
+            out.push(frame.full().clone());
+        } else {
+            let cursor = self.registration.set.encode(&self.positions);
+            out.push(sse::id_line(&cursor));
+            out.push(frame.body());
+        }
+        true
+    }
+
+    /// The next bytes to write, or `None` when the stream is over.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(prelude) = self.prelude.take() {
+            return Some(prelude);
+        }
+        let mut chunk = Chunk::default();
+        let mut delivered = 0u64;
+        let shutdown = self.registration.inner.shutdown.clone();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => {
+                self.done = true;
+                return Some(self.inner().retry_frame.clone());
+            }
+            item = self.live.next() => match item {
+                Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
+                Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => return Some(self.end_slow(chunk)),
+                // Senders live while a receiver does; this cannot happen, but ending is right if it does.
+                None => return None,
+            },
+            beat = self.heartbeat.recv() => match beat {
+                Ok(b) => chunk.push(b),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return Some(self.inner().retry_frame.clone());
+                }
+            },
+        }
+        // Coalesce whatever else is queued already into the same write.
+        while chunk.len() < COALESCE_BYTES {
+            match self.live.next().now_or_never() {
+                Some(Some((i, Ok(frame)))) => {
+                    delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
+                }
+                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => {
+                    self.inner().metrics.events_delivered.inc_by(delivered);
+                    return Some(self.end_slow(chunk));
+                }
+                _ => break,
+            }
+        }
+        self.inner().metrics.events_delivered.inc_by(delivered);
+        match chunk.finish() {
+            Some(b) => Some(b),
+            // Only duplicates arrived (dropped); nothing to write yet.
+            None => Some(Bytes::new()),
+        }
+    }
+
+    fn end_slow(&mut self, mut chunk: Chunk) -> Bytes {
+        self.done = true;
+        self.inner().metrics.slow_disconnected.inc();
+        tracing::debug!("slow subscriber disconnected");
+        chunk.push(self.inner().retry_frame.clone());
+        chunk.finish().unwrap_or_default()
+    }
+}
