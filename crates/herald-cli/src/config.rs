@@ -86,6 +86,14 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_RETRY", default_value = "2s", value_parser = duration)]
     pub(crate) retry: Duration,
 
+    /// A write blocked this long (the client stopped reading) closes its connection.
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "15s", value_parser = duration)]
+    pub(crate) write_timeout: Duration,
+
+    /// Time a client has to send its request head (slowloris guard).
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub(crate) header_read_timeout: Duration,
+
     /// How long a shutdown waits for connections to close before exiting.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "5s", value_parser = duration)]
     pub(crate) shutdown_grace: Duration,
@@ -100,6 +108,14 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Serve {
+    pub(crate) fn serve_options(&self) -> herald::ServeOptions {
+        herald::ServeOptions {
+            write_timeout: self.write_timeout,
+            header_read_timeout: self.header_read_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+
     pub(crate) fn hub_config(&self) -> herald::HubConfig {
         herald::HubConfig {
             heartbeat: self.heartbeat,

@@ -59,29 +59,13 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     // Tests and scripts read this line to find an ephemeral port.
     tracing::info!(%addr, backend = hub.status().backend, "herald listening on http://{addr}");
 
-    let stopping = hub.clone();
-    let grace = serve.shutdown_grace;
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let shutdown = async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: ending streams with a retry hint");
-        stopping.shutdown();
-        let _ = stopped_tx.send(());
-    };
-    let server = axum::serve(listener, hub.router()).with_graceful_shutdown(shutdown);
-    let server = tokio::spawn(async move { server.await });
-    // Graceful shutdown waits for every connection; give it `grace`, then exit anyway.
-    tokio::select! {
-        res = server => {
-            res.context("server task failed")?.context("server failed")?;
-        }
-        _ = async {
-            let _ = stopped_rx.await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace = ?grace, "connections still open after the grace period; exiting");
-        }
-    }
+    hub.serve(
+        listener,
+        hub.router(),
+        serve.serve_options(),
+        wait_for_signal(),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -33,6 +33,7 @@ mod fanout;
 pub mod http;
 mod hub;
 mod metrics;
+mod server;
 pub mod sse;
 mod stream;
 
@@ -40,3 +41,4 @@ pub use config::{ConfigError, HubConfig};
 pub use cursor::{SubscriptionError, TopicSet};
 pub use event::{Event, EventName, NameError, Position, Topic, compact_json};
 pub use hub::{Hub, PublishError, Status};
+pub use server::ServeOptions;

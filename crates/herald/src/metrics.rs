@@ -21,6 +21,7 @@ pub(crate) struct Metrics {
     pub(crate) events_replayed: Counter,
     pub(crate) resets: Counter,
     pub(crate) slow_disconnected: Counter,
+    pub(crate) write_stalls: Counter,
     pub(crate) publish_rejected: Counter,
     pub(crate) subscribe_rejected: Counter,
     pub(crate) publish_seconds: Histogram,
@@ -38,6 +39,7 @@ impl Metrics {
             events_replayed: Counter::default(),
             resets: Counter::default(),
             slow_disconnected: Counter::default(),
+            write_stalls: Counter::default(),
             publish_rejected: Counter::default(),
             subscribe_rejected: Counter::default(),
             // 10 µs .. ~2.6 s
@@ -83,6 +85,11 @@ impl Metrics {
             "slow_subscribers_disconnected",
             "Streams ended because their subscriber fell a full queue behind",
             m.slow_disconnected.clone(),
+        );
+        registry.register(
+            "write_stalls",
+            "Connections closed because the client stopped reading for write_timeout",
+            m.write_stalls.clone(),
         );
         registry.register(
             "publish_rejected",

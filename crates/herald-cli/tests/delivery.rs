@@ -1,0 +1,323 @@
+//! Delivery through the real binary: publish -> receive, several topics, order,
+//! resume with Last-Event-ID / last_event_id, herald.reset, slow subscribers.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::json;
+use support::{Herald, Sse, eventually, raw_get};
+
+#[tokio::test]
+async fn publish_then_receive_verbatim() {
+    let h = Herald::start(&[]);
+    let mut s = Sse::open(&h.url("/events?topic=comments"), None).await;
+    assert_eq!(s.headers["content-type"], "text/event-stream");
+    assert_eq!(s.headers["cache-control"], "no-cache");
+    assert_eq!(s.headers["x-accel-buffering"], "no");
+    let data = json!({"id": 42, "text": "héllo\nworld \"quoted\"", "n": 1.50, "deep": {"a": [1, null, true]}});
+    let pos = h.send("comments", "comment_created", data.clone()).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "comment_created");
+    assert_eq!(ev.id, pos);
+    assert_eq!(ev.json(), data);
+    // Verbatim: numbers keep their spelling, one data line.
+    let (_, body) = h
+        .publish_raw(
+            "application/json",
+            "{\"topic\": \"comments\",\n \"data\": {\n  \"n\": 1.50,  \"s\": \"a  b\"\n}}",
+        )
+        .await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "message", "default event name");
+    assert_eq!(ev.id, body["position"]);
+    assert_eq!(ev.data, r#"{"n":1.50,"s":"a  b"}"#);
+}
+
+#[tokio::test]
+async fn first_bytes_are_retry_sent_at_once() {
+    let h = Herald::start(&["--retry", "1500ms"]);
+    let out = raw_get(
+        h.addr,
+        "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "\n\n",
+    )
+    .await;
+    let body = out.split("\r\n\r\n").nth(1).expect("body");
+    // Chunked encoding: the chunk size line, then the first SSE bytes.
+    let first = body.lines().nth(1).expect("first line");
+    assert_eq!(first, "retry: 1500", "{out}");
+}
+
+#[tokio::test]
+async fn several_topics_one_connection_in_order_once() {
+    let h = Herald::start(&[]);
+    let mut s = Sse::open(&h.url("/events?topic=a,b&topic=c"), None).await;
+    let mut expected: HashMap<&str, Vec<u64>> = HashMap::new();
+    for i in 0..60u64 {
+        let t = ["a", "b", "c"][(i % 3) as usize];
+        h.send(t, "n", json!({"topic": t, "i": i})).await;
+        expected.entry(t).or_default().push(i);
+    }
+    h.send("other", "n", json!({})).await; // not subscribed
+    let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+    for _ in 0..60 {
+        let ev = s.next().await.json();
+        got.entry(ev["topic"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(ev["i"].as_u64().unwrap());
+    }
+    for (t, want) in expected {
+        assert_eq!(got[t], want, "topic {t}");
+    }
+}
+
+/// Subscribes, reads `before` events, disconnects, publishes more, and resumes.
+async fn resume_case(topics: &[&str], via_query: bool) {
+    let h = Herald::start(&[]);
+    let q = topics.join(",");
+    let mut s = Sse::open(&h.url(&format!("/events?topic={q}")), None).await;
+    // The first topic gets two events before the cut; the others none.
+    for i in 0..2 {
+        h.send(topics[0], "n", json!({"t": topics[0], "i": i}))
+            .await;
+    }
+    for _ in 0..2 {
+        s.next().await;
+    }
+    let cursor = s.last_id.clone();
+    drop(s);
+    // Missed while away: events on every topic.
+    let mut missed = Vec::new();
+    for i in 2..6 {
+        for t in topics {
+            h.send(t, "n", json!({"t": t, "i": i})).await;
+            missed.push((t.to_string(), i));
+        }
+    }
+    let mut s = if via_query {
+        let url = h.url(&format!("/events?topic={q}&last_event_id={cursor}"));
+        Sse::open(&url, None).await
+    } else {
+        Sse::open(&h.url(&format!("/events?topic={q}")), Some(&cursor)).await
+    };
+    h.send(topics[0], "n", json!({"t": topics[0], "i": 100}))
+        .await;
+    let mut got = Vec::new();
+    for _ in 0..missed.len() + 1 {
+        let ev = s.next().await.json();
+        got.push((
+            ev["t"].as_str().unwrap().to_owned(),
+            ev["i"].as_u64().unwrap(),
+        ));
+    }
+    // Exactly the missed events (each topic in order), then the live one.
+    assert_eq!(got.last(), Some(&(topics[0].to_owned(), 100)));
+    for t in topics {
+        let want: Vec<u64> = missed
+            .iter()
+            .filter(|(x, _)| x == t)
+            .map(|(_, i)| *i as u64)
+            .collect();
+        let have: Vec<u64> = got[..got.len() - 1]
+            .iter()
+            .filter(|(x, _)| x == t)
+            .map(|(_, i)| *i)
+            .collect();
+        assert_eq!(have, want, "topic {t}");
+    }
+    assert_eq!(got.len(), missed.len() + 1);
+}
+
+#[tokio::test]
+async fn resume_single_topic_with_header() {
+    resume_case(&["a"], false).await;
+}
+
+#[tokio::test]
+async fn resume_single_topic_with_query() {
+    resume_case(&["a"], true).await;
+}
+
+#[tokio::test]
+async fn resume_multi_topic_with_header() {
+    resume_case(&["a", "b", "c"], false).await;
+}
+
+#[tokio::test]
+async fn resume_multi_topic_with_query() {
+    resume_case(&["x:1", "y/2", "z@3"], true).await;
+}
+
+#[tokio::test]
+async fn header_cursor_wins_over_query_cursor() {
+    let h = Herald::start(&[]);
+    let p1 = h.send("a", "n", json!(1)).await;
+    let p2 = h.send("a", "n", json!(2)).await;
+    h.send("a", "n", json!(3)).await;
+    let url = h.url(&format!("/events?topic=a&last_event_id={p1}"));
+    let mut s = Sse::open(&url, Some(&p2)).await;
+    assert_eq!(s.next().await.json(), json!(3));
+}
+
+#[tokio::test]
+async fn reconnect_before_any_event_loses_nothing() {
+    // The stream's first frame carries the cursor, so a client that drops before
+    // its first event still resumes from where it subscribed.
+    let h = Herald::start(&[]);
+    let s = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let cursor = s.last_id.clone();
+    assert!(!cursor.is_empty());
+    drop(s);
+    h.send("b", "n", json!("missed")).await;
+    let mut s = Sse::open(&h.url("/events?topic=a,b"), Some(&cursor)).await;
+    assert_eq!(s.next().await.json(), json!("missed"));
+}
+
+#[tokio::test]
+async fn stale_cursor_gets_reset_event_first() {
+    let h = Herald::start(&["--retention-events", "3"]);
+    let first = h.send("a", "n", json!(0)).await;
+    for i in 1..10 {
+        h.send("a", "n", json!(i)).await;
+    }
+    let s = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let fresh = s.last_id.clone();
+    drop(s);
+    // A multi-topic cursor whose `a` position is trimmed away: build it from a
+    // fresh cursor by swapping in the first position.
+    let (positions, sum) = fresh.split_once('~').unwrap();
+    let b_pos = positions.split(',').nth(1).unwrap();
+    let stale = format!("{first},{b_pos}~{sum}");
+    let mut s = Sse::open(&h.url("/events?topic=a,b"), Some(&stale)).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "herald.reset");
+    assert_eq!(ev.json(), json!({"topics": ["a"]}));
+    // Then live, from now.
+    h.send("a", "n", json!("live")).await;
+    assert_eq!(s.next().await.json(), json!("live"));
+    assert_eq!(h.metric("herald_resets_total").await, 1.0);
+
+    // A cursor from before this process started: reset too, never a silent hole.
+    let mut s = Sse::open(&h.url("/events?topic=c"), Some("1-0")).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "herald.reset");
+    assert_eq!(ev.json(), json!({"topics": ["c"]}));
+}
+
+#[tokio::test]
+async fn slow_subscriber_is_dropped_fast_one_gets_everything() {
+    let h = Herald::start(&["--queue-size", "4", "--write-timeout", "1s"]);
+    // The slow client: a raw socket that sends its request and never reads.
+    let slow = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (rd, mut wr) = slow.into_split();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut wr,
+        b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut fast = Sse::open(&h.url("/events?topic=t"), None).await;
+    eventually("both subscribed", || async {
+        h.status().await["subscriptions"] == 2
+    })
+    .await;
+
+    let big = "x".repeat(30_000);
+    let n = 600; // ~18 MB: more than the kernel buffers hold for the slow socket
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for _ in 0..n {
+            got.push(fast.next().await.json()["i"].as_u64().unwrap());
+        }
+        (got, fast)
+    });
+    for i in 0..n {
+        h.send("t", "n", json!({"i": i, "pad": big})).await;
+    }
+    let (got, _fast) = reader.await.unwrap();
+    assert_eq!(
+        got,
+        (0..n).collect::<Vec<u64>>(),
+        "the fast subscriber got everything in order"
+    );
+    // It stopped reading: its writes stall and the connection is closed.
+    eventually("the slow subscriber was disconnected", || async {
+        h.metric("herald_write_stalls_total").await >= 1.0
+    })
+    .await;
+    eventually("only the fast subscriber is left", || async {
+        h.status().await["subscriptions"] == 1
+    })
+    .await;
+    drop((rd, wr));
+}
+
+#[tokio::test]
+async fn slow_subscriber_resumes_without_loss() {
+    // The dropped subscriber reconnects with its cursor and gets the rest.
+    let h = Herald::start(&["--queue-size", "2", "--retention-events", "1000"]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    // Publish a burst while not reading: the stream lags and ends.
+    let big = "y".repeat(50_000);
+    for i in 0..300u64 {
+        h.send("t", "n", json!({"i": i, "pad": big})).await;
+    }
+    let mut got: Vec<u64> = s
+        .rest()
+        .await
+        .iter()
+        .map(|e| e.json()["i"].as_u64().unwrap())
+        .collect();
+    assert!(got.len() < 300, "the stream was cut short");
+    assert!(h.metric("herald_slow_subscribers_disconnected_total").await >= 1.0);
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&s.last_id.clone())).await;
+    while got.len() < 300 {
+        got.push(s.next().await.json()["i"].as_u64().unwrap());
+    }
+    assert_eq!(got, (0..300).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn heartbeats_arrive_as_comments_or_events() {
+    let h = Herald::start(&["--heartbeat", "100ms"]);
+    let out = raw_get(
+        h.addr,
+        "GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n",
+        ": heartbeat\n",
+    )
+    .await;
+    assert!(out.contains(": heartbeat\n"), "{out}");
+
+    let h = Herald::start(&["--heartbeat", "100ms", "--heartbeat-event"]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "heartbeat");
+    assert_eq!(ev.data, "{}");
+}
+
+#[tokio::test]
+async fn batch_publish_is_all_or_nothing() {
+    let h = Herald::start(&[]);
+    let mut s = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let (status, body) = h
+        .publish(json!([{"topic": "a", "data": 1}, {"topic": "bad topic", "data": 2}]))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "bad_topic");
+    let (status, body) = h
+        .publish(json!([{"topic": "a", "data": 1}, {"topic": "b", "event": "e", "data": 2}]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.as_array().unwrap().len(), 2);
+    assert_eq!(body[1]["topic"], "b");
+    // Order is per topic; across topics, both arrive (and nothing of the failed batch).
+    let mut got = vec![s.next().await.json(), s.next().await.json()];
+    got.sort_by_key(|v| v.as_u64());
+    assert_eq!(
+        got,
+        [json!(1), json!(2)],
+        "the failed batch published nothing"
+    );
+    assert_eq!(h.status().await["events_published"], 2);
+}
