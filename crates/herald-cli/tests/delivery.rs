@@ -1,6 +1,8 @@
 //! Delivery through the real binary: publish -> receive, several topics, order,
 //! resume with Last-Event-ID / last_event_id, herald.reset, slow subscribers.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;

@@ -189,4 +189,46 @@ mod tests {
         assert_eq!(&comment("hi\nthere")[..], b": hi there\n\n");
         assert_eq!(&comment("")[..], b": \n\n");
     }
+
+    /// Parses `bytes` with an independent SSE parser (`eventsource-stream`).
+    fn parse(bytes: Bytes) -> Vec<eventsource_stream::Event> {
+        use eventsource_stream::Eventsource;
+        use futures_util::StreamExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(bytes)])
+                .eventsource()
+                .map(|e| e.unwrap())
+                .collect()
+                .await
+        })
+    }
+
+    proptest::proptest! {
+        /// Any data survives framing: the client gets it back with line ends as LF,
+        /// and nothing in it becomes another field or another event.
+        #[test]
+        fn any_data_round_trips(data in "(\\PC|[\r\n]){0,64}", id in "[0-9]{1,5}-[0-9]{1,3}") {
+            let bytes = encode_event(Some(&id), "ev", data.as_bytes());
+            let events = parse(bytes);
+            proptest::prop_assert_eq!(events.len(), 1);
+            let want = data.replace("\r\n", "\n").replace('\r', "\n");
+            proptest::prop_assert_eq!(&events[0].data, &want);
+            proptest::prop_assert_eq!(&events[0].event, "ev");
+            proptest::prop_assert_eq!(&events[0].id, &id);
+        }
+
+        /// Hostile ids and names never add a line.
+        #[test]
+        fn hostile_fields_stay_on_their_line(id in "(\\PC|[\r\n\x00]){0,32}", name in "(\\PC|[\r\n]){1,32}") {
+            let bytes = encode_event(Some(&id), &name, b"d");
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            proptest::prop_assert_eq!(text.matches('\n').count(), 4, "{:?}", text);
+            proptest::prop_assert!(!text.contains('\r'));
+            let c = comment(&id);
+            proptest::prop_assert_eq!(c.iter().filter(|&&b| b == b'\n').count(), 2);
+        }
+    }
 }

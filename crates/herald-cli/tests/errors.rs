@@ -1,0 +1,416 @@
+//! Every bad input gets its status and JSON error body, and changes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use serde_json::{Value, json};
+use support::{Herald, Sse, client, eventually, raw_get};
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str, case: &str) {
+    assert_eq!(status, want_status, "{case}: {body}");
+    assert_eq!(body["error"], want_code, "{case}: {body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{case}: detail missing in {body}"
+    );
+}
+
+#[tokio::test]
+async fn publish_errors() {
+    let h = Herald::start(&["--max-payload-bytes", "100"]);
+    let mut watcher = Sse::open(&h.url("/events?topic=a"), None).await;
+    let long_topic = "t".repeat(201);
+    let long_event = "e".repeat(101);
+    let batch: Vec<Value> = (0..1001)
+        .map(|_| json!({"topic": "a", "data": 1}))
+        .collect();
+    let batch = serde_json::to_string(&batch).unwrap();
+    let cases: Vec<(&str, &str, String, u16, &str)> = vec![
+        (
+            "text/plain",
+            "wrong content type",
+            r#"{"topic":"a","data":1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "",
+            "no content type",
+            r#"{"topic":"a","data":1}"#.into(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "application/json",
+            "malformed",
+            "{".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "application/json",
+            "trailing garbage",
+            r#"{"topic":"a","data":1} x"#.into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "application/json",
+            "empty body",
+            "".into(),
+            400,
+            "malformed_json",
+        ),
+        (
+            "application/json",
+            "missing data",
+            r#"{"topic":"a"}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "missing topic",
+            r#"{"data":1}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "unknown field",
+            r#"{"topic":"a","data":1,"dta":2}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "topic not a string",
+            r#"{"topic":5,"data":1}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "not an object",
+            r#""hello""#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "empty batch",
+            "[]".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "batch too long",
+            batch,
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "empty topic",
+            r#"{"topic":"","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "space in topic",
+            r#"{"topic":"a b","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "comma in topic",
+            r#"{"topic":"a,b","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "newline in topic",
+            r#"{"topic":"a\nid: 1","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "non-ascii topic",
+            r#"{"topic":"ü","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "wildcard topic",
+            r#"{"topic":"a*","data":1}"#.into(),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "long topic",
+            format!(r#"{{"topic":"{long_topic}","data":1}}"#),
+            400,
+            "bad_topic",
+        ),
+        (
+            "application/json",
+            "bad event name",
+            r#"{"topic":"a","event":"a b","data":1}"#.into(),
+            400,
+            "bad_event_name",
+        ),
+        (
+            "application/json",
+            "CRLF event name",
+            r#"{"topic":"a","event":"x\r\ndata: evil","data":1}"#.into(),
+            400,
+            "bad_event_name",
+        ),
+        (
+            "application/json",
+            "empty event name",
+            r#"{"topic":"a","event":"","data":1}"#.into(),
+            400,
+            "bad_event_name",
+        ),
+        (
+            "application/json",
+            "long event name",
+            format!(r#"{{"topic":"a","event":"{long_event}","data":1}}"#),
+            400,
+            "bad_event_name",
+        ),
+        (
+            "application/json",
+            "reserved event name",
+            r#"{"topic":"a","event":"herald.reset","data":1}"#.into(),
+            400,
+            "bad_event_name",
+        ),
+        (
+            "application/json",
+            "payload too large",
+            format!(r#"{{"topic":"a","data":"{}"}}"#, "x".repeat(99)),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "application/json",
+            "one bad event spoils the batch",
+            r#"[{"topic":"a","data":1},{"topic":"a","data":1,"x":0}]"#.into(),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (ct, case, body, status, code) in cases {
+        let mut req = client().post(h.url("/publish")).body(body);
+        if !ct.is_empty() {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        let got_status = res.status().as_u16();
+        assert_eq!(res.headers()["content-type"], "application/json", "{case}");
+        let got: Value = res.json().await.unwrap();
+        assert_error(got_status, &got, status, code, case);
+    }
+    // A body over the request limit (1 MiB here).
+    let (status, body) = h
+        .publish_raw("application/json", vec![b' '; (1 << 20) + 1])
+        .await;
+    assert_error(status, &body, 413, "body_too_large", "body too large");
+
+    // The limit is on compact JSON: exactly 100 bytes passes, whitespace does not count.
+    let hundred = format!(r#"{{ "topic": "a", "data": "{}" }}"#, "y".repeat(98));
+    let (status, body) = h
+        .publish_raw("application/json; charset=utf-8", hundred)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Nothing of the refused requests was published: the one accepted event is next.
+    assert_eq!(watcher.next().await.json(), json!("y".repeat(98)));
+    assert_eq!(h.status().await["events_published"], 1);
+    assert!(h.metric("herald_publish_rejected_total").await >= 27.0);
+}
+
+#[tokio::test]
+async fn subscribe_errors() {
+    let h = Herald::start(&["--max-topics", "3"]);
+    let fresh = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let two_topic_cursor = fresh.last_id.clone();
+    drop(fresh);
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        ("/events".into(), None, "no_topic"),
+        ("/events?other=1".into(), None, "no_topic"),
+        ("/events?topic=".into(), None, "bad_topic"),
+        ("/events?topic=a,,b".into(), None, "bad_topic"),
+        ("/events?topic=a%0Aid:%201".into(), None, "bad_topic"),
+        ("/events?topic=a%0D%0Aevent:x".into(), None, "bad_topic"),
+        ("/events?topic=*".into(), None, "bad_topic"),
+        ("/events?topic=a%20b".into(), None, "bad_topic"),
+        (
+            format!("/events?topic={}", "t".repeat(201)),
+            None,
+            "bad_topic",
+        ),
+        ("/events?topic=a,b,c,d".into(), None, "too_many_topics"),
+        (
+            "/events?topic=a,b&topic=c,d".into(),
+            None,
+            "too_many_topics",
+        ),
+        ("/events?topic=a".into(), Some("garbage"), "bad_cursor"),
+        ("/events?topic=a".into(), Some("1-2-3"), "bad_cursor"),
+        (
+            "/events?topic=a&last_event_id=1-x".into(),
+            None,
+            "bad_cursor",
+        ),
+        (
+            "/events?topic=a&last_event_id=1-1%0Aevent:%20x".into(),
+            None,
+            "bad_cursor",
+        ),
+        (
+            "/events?topic=a,c".into(),
+            Some(two_topic_cursor.as_str()),
+            "bad_cursor",
+        ),
+        (
+            "/events?topic=a".into(),
+            Some(two_topic_cursor.as_str()),
+            "bad_cursor",
+        ),
+        ("/events?topic=a,b".into(), Some("1-0"), "bad_cursor"),
+    ];
+    for (path, cursor, code) in cases {
+        let mut req = client().get(h.url(&path));
+        if let Some(c) = cursor {
+            req = req.header("last-event-id", c);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        assert_error(status, &body, 400, code, &format!("{path} {cursor:?}"));
+    }
+    // A non-ASCII Last-Event-ID header, sent raw.
+    let out = raw_get(
+        h.addr,
+        "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: \u{e9}\r\nConnection: close\r\n\r\n",
+        "}",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains(r#""error":"bad_cursor""#), "{out}");
+
+    // Unknown paths and methods answer JSON too.
+    let res = client().get(h.url("/nope")).send().await.unwrap();
+    let status = res.status().as_u16();
+    assert_error(status, &res.json().await.unwrap(), 404, "not_found", "404");
+    let res = client().delete(h.url("/publish")).send().await.unwrap();
+    let status = res.status().as_u16();
+    assert_error(
+        status,
+        &res.json().await.unwrap(),
+        405,
+        "method_not_allowed",
+        "405",
+    );
+
+    // Nothing was subscribed by any refused request.
+    let st = h.status().await;
+    assert_eq!(
+        (st["connections"].as_u64(), st["topics"].as_u64()),
+        (Some(0), Some(0)),
+        "{st}"
+    );
+}
+
+#[tokio::test]
+async fn connection_limit_answers_503_with_retry_after() {
+    let h = Herald::start(&["--max-connections", "2"]);
+    let a = Sse::open(&h.url("/events?topic=a"), None).await;
+    let _b = Sse::open(&h.url("/events?topic=b"), None).await;
+    let res = client().get(h.url("/events?topic=c")).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: Value = res.json().await.unwrap();
+    assert_error(503, &body, 503, "unavailable", "limit");
+    assert_eq!(h.metric("herald_connections_rejected_total").await, 1.0);
+    assert_eq!(
+        h.status().await["topics"],
+        2,
+        "the refused stream subscribed nothing"
+    );
+    drop(a);
+    eventually("a slot frees up", || async {
+        h.status().await["connections"] == 1
+    })
+    .await;
+    let _c = Sse::open(&h.url("/events?topic=c"), None).await;
+}
+
+#[tokio::test]
+async fn nothing_injects_a_line_into_the_stream() {
+    let h = Herald::start(&[]);
+    let req = "GET /events?topic=t&last_event_id= HTTP/1.1\r\nHost: x\r\n\r\n";
+    let reader = tokio::spawn({
+        let addr = h.addr;
+        async move { raw_get(addr, req, "\"end\"").await }
+    });
+    eventually("subscribed", || async {
+        h.status().await["subscriptions"] == 1
+    })
+    .await;
+    // Escaped newlines in strings stay escaped; pretty-printed JSON becomes one line.
+    let evil = r#"{"topic":"t","event":"e","data":{"x":"a\nid: 666\n\nevent: evil\r\ndata: y"}}"#;
+    let (status, _) = h.publish_raw("application/json", evil).await;
+    assert_eq!(status, 200);
+    let pretty = "{\"topic\":\"t\",\"data\":\n{\n  \"k\": [\n    1,\n    2\n  ]\n}\n}";
+    let (status, _) = h.publish_raw("application/json", pretty).await;
+    assert_eq!(status, 200);
+    // Refused: names with CR/LF (publish), cursors with CR/LF (subscribe).
+    let (status, _) = h
+        .publish_raw(
+            "application/json",
+            r#"{"topic":"t","event":"a\nid: 1","data":1}"#,
+        )
+        .await;
+    assert_eq!(status, 400);
+    h.send("t", "e", json!("end")).await;
+    let out = reader.await.unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap();
+    let sse_lines: Vec<&str> = body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.chars().all(|c| c.is_ascii_hexdigit()))
+        .collect();
+    for l in &sse_lines {
+        let field = l.split(':').next().unwrap();
+        assert!(
+            ["retry", "id", "event", "data", ""].contains(&field),
+            "unexpected line {l:?} in\n{body}"
+        );
+        assert!(
+            !l.starts_with("id: 666") && !l.starts_with("event: evil"),
+            "{l:?}"
+        );
+    }
+    let data_lines: Vec<&&str> = sse_lines
+        .iter()
+        .filter(|l| l.starts_with("data:"))
+        .collect();
+    assert_eq!(
+        data_lines,
+        [
+            &r#"data: {"x":"a\nid: 666\n\nevent: evil\r\ndata: y"}"#,
+            &r#"data: {"k":[1,2]}"#,
+            &r#"data: "end""#
+        ]
+    );
+}
