@@ -86,6 +86,25 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_RETRY", default_value = "2s", value_parser = duration)]
     pub(crate) retry: Duration,
 
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS):
+    /// selects the Redis backend, so several instances act as one hub. Repeat it
+    /// (or separate with commas) to give Cluster seed nodes. Without it: in-memory.
+    #[arg(
+        long = "redis-url",
+        env = "HERALD_REDIS_URL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub(crate) redis_url: Vec<String>,
+
+    /// Talk to a Redis Cluster (sharded pub/sub); the --redis-url values are seed nodes.
+    #[arg(long, env = "HERALD_REDIS_CLUSTER", requires = "redis_url")]
+    pub(crate) redis_cluster: bool,
+
+    /// Prefix of Redis keys and channels, to keep environments sharing a Redis apart.
+    #[arg(long, env = "HERALD_CHANNEL_PREFIX", default_value = "herald")]
+    pub(crate) channel_prefix: String,
+
     /// A write blocked this long (the client stopped reading) closes its connection.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub(crate) write_timeout: Duration,
@@ -114,6 +133,16 @@ impl Serve {
             header_read_timeout: self.header_read_timeout,
             shutdown_grace: self.shutdown_grace,
         }
+    }
+
+    /// The Redis settings, when a Redis URL is given.
+    pub(crate) fn redis_config(&self) -> Option<herald::RedisConfig> {
+        (!self.redis_url.is_empty()).then(|| herald::RedisConfig {
+            urls: self.redis_url.clone(),
+            cluster: self.redis_cluster,
+            channel_prefix: self.channel_prefix.clone(),
+            fail_open: false,
+        })
     }
 
     pub(crate) fn hub_config(&self) -> herald::HubConfig {
@@ -181,8 +210,20 @@ fn file_args(path: &PathBuf, matches: &ArgMatches) -> anyhow::Result<Vec<String>
             toml::Value::Boolean(false) => {}
             toml::Value::String(s) => out.push(format!("--{flag}={s}")),
             toml::Value::Integer(i) => out.push(format!("--{flag}={i}")),
+            toml::Value::Array(items) => {
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => out.push(format!("--{flag}={s}")),
+                        other => bail!(
+                            "setting {key:?} in config file {} must hold strings, not {}",
+                            path.display(),
+                            other.type_str()
+                        ),
+                    }
+                }
+            }
             other => bail!(
-                "setting {key:?} in config file {} must be a string, integer or boolean, not {}",
+                "setting {key:?} in config file {} must be a string, integer, boolean or list of strings, not {}",
                 path.display(),
                 other.type_str()
             ),

@@ -49,7 +49,12 @@ fn init_logging(format: LogFormat) {
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
-    let hub = herald::Hub::new(serve.hub_config()).context("invalid settings")?;
+    let hub = match serve.redis_config() {
+        None => herald::Hub::new(serve.hub_config()).context("invalid settings")?,
+        Some(redis) => herald::Hub::with_redis(serve.hub_config(), redis)
+            .await
+            .context("cannot start the Redis backend")?,
+    };
     let listener = TcpListener::bind(serve.listen)
         .await
         .with_context(|| format!("cannot listen on {}", serve.listen))?;

@@ -79,7 +79,11 @@ fn invalid_values_stop_startup_with_a_clear_message() {
 fn bad_config_files_stop_startup() {
     let dir = tempfile::tempdir().unwrap();
     for (text, needle) in [
-        ("max-topics = [1]", "must be a string, integer or boolean"),
+        ("max-topics = [1]", "must hold strings"),
+        (
+            "max-topics = {a = 1}",
+            "must be a string, integer, boolean or list of strings",
+        ),
         ("nonsense = 1", "unknown setting \"nonsense\""),
         ("max-topics = ", "invalid TOML"),
         ("max-topics = \"x\"", "--max-topics"),

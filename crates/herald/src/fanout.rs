@@ -70,6 +70,18 @@ impl Fanout {
         }
     }
 
+    /// Whether `topic` has a local subscriber.
+    pub(crate) fn has_subscribers(&self, topic: &Topic) -> bool {
+        self.lock()
+            .get(topic)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    /// Ends every local subscription of `topic` (their streams end and resume).
+    pub(crate) fn evict(&self, topic: &Topic) {
+        self.lock().remove(topic);
+    }
+
     /// Topics with at least one local subscriber.
     pub(crate) fn topic_count(&self) -> usize {
         self.lock().len()

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::{RedisBackend, RedisConfig, RedisSetupError};
 use crate::backend::{Backend, BackendError};
 use crate::config::{ConfigError, HubConfig};
 use crate::event::{Event, EventName, NameError, Position, Topic};
@@ -41,6 +42,17 @@ pub enum PublishError {
     /// The backend could not take the events.
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// A hub could not start.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Redis is misconfigured or unreachable.
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
 }
 
 /// A snapshot of the hub, as `GET /status` shows it.
@@ -117,16 +129,56 @@ impl Hub {
         ));
         let tasks = CancellationToken::new();
         spawn_sweeper(memory.clone(), tasks.clone());
-        let backend: Arc<dyn Backend> = memory;
+        Ok(Self::assemble(
+            config,
+            fanout,
+            memory,
+            Metrics::new(),
+            tasks,
+        ))
+    }
+
+    /// Starts a hub on Redis: several instances with the same Redis (and channel
+    /// prefix) act as one hub. Fails when the settings are invalid or Redis cannot
+    /// be reached; once running, Redis outages are survived (see
+    /// [`backend::redis`](crate::backend::redis)).
+    pub async fn with_redis(config: HubConfig, redis: RedisConfig) -> Result<Self, HubError> {
+        config.validate()?;
+        let fanout = Arc::new(Fanout::new(config.queue_size));
+        let metrics = Metrics::new();
+        let backend = RedisBackend::connect(
+            &redis,
+            fanout.clone(),
+            config.retention_events,
+            config.retention_ttl,
+            metrics.redis.clone(),
+        )
+        .await?;
+        Ok(Self::assemble(
+            config,
+            fanout,
+            Arc::new(backend),
+            metrics,
+            CancellationToken::new(),
+        ))
+    }
+
+    fn assemble(
+        config: HubConfig,
+        fanout: Arc<Fanout>,
+        backend: Arc<dyn Backend>,
+        metrics: Metrics,
+        tasks: CancellationToken,
+    ) -> Self {
         let (heartbeat, _) = broadcast::channel(1);
         spawn_heartbeat(&config, heartbeat.clone(), tasks.clone());
         let retry_frame = sse::retry(u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX));
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 config,
                 fanout,
                 backend,
-                metrics: Metrics::new(),
+                metrics,
                 heartbeat,
                 shutdown: CancellationToken::new(),
                 tasks,
@@ -134,7 +186,7 @@ impl Hub {
                 retry_frame,
                 started: Instant::now(),
             }),
-        })
+        }
     }
 
     /// The settings the hub runs with.

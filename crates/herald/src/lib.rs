@@ -37,8 +37,9 @@ mod server;
 pub mod sse;
 mod stream;
 
+pub use backend::redis::RedisConfig;
 pub use config::{ConfigError, HubConfig};
 pub use cursor::{SubscriptionError, TopicSet};
 pub use event::{Event, EventName, NameError, Position, Topic, compact_json};
-pub use hub::{Hub, PublishError, Status};
+pub use hub::{Hub, HubError, PublishError, Status};
 pub use server::ServeOptions;

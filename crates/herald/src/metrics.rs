@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::backend::redis::RedisMetrics;
+
 /// The hub's counters. Cloning a metric shares it (they are `Arc`s inside).
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -25,6 +27,7 @@ pub(crate) struct Metrics {
     pub(crate) publish_rejected: Counter,
     pub(crate) subscribe_rejected: Counter,
     pub(crate) publish_seconds: Histogram,
+    pub(crate) redis: RedisMetrics,
 }
 
 impl Metrics {
@@ -44,8 +47,24 @@ impl Metrics {
             subscribe_rejected: Counter::default(),
             // 10 µs .. ~2.6 s
             publish_seconds: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
+            redis: RedisMetrics::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "redis_reconnects",
+            "Times the Redis subscriber connection was re-established",
+            m.redis.reconnects.clone(),
+        );
+        registry.register(
+            "redis_caught_up_events",
+            "Events replayed from Redis streams after a subscriber reconnect",
+            m.redis.caught_up.clone(),
+        );
+        registry.register(
+            "publish_failed_open",
+            "Publishes dropped because Redis was unreachable and fail-open is on (library only)",
+            m.redis.publish_failed_open.clone(),
+        );
         registry.register(
             "connections_open",
             "Open event streams",

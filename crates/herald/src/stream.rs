@@ -51,6 +51,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         for t in self.set.topics() {
             self.inner.fanout.release(t);
+            self.inner.backend.release(t);
         }
         self.inner.connections.fetch_sub(1, Ordering::Relaxed);
         self.inner.metrics.connections.dec();
@@ -102,6 +103,8 @@ pub(crate) async fn open(
     for (i, t) in set.topics().iter().enumerate() {
         live.insert(i, BroadcastStream::new(inner.fanout.subscribe(t)));
     }
+    // ...make sure every instance's events reach this one...
+    inner.backend.listen(set.topics()).await?;
     // ...then history.
     let mut positions = Vec::with_capacity(set.topics().len());
     let mut reset = Vec::new();
@@ -239,6 +242,12 @@ impl Conn {
                 return Some(self.inner().retry_frame.clone());
             }
             item = self.live.next() => match item {
+                // A topic's ring was closed (the backend lost events it cannot replay
+                // live): end the stream; the client's resume gets `herald.reset`.
+                _ if self.live.len() < self.positions.len() => {
+                    self.done = true;
+                    return Some(self.inner().retry_frame.clone());
+                }
                 Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
                 Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => return Some(self.end_slow(chunk)),
                 // Senders live while a receiver does; this cannot happen, but ending is right if it does.

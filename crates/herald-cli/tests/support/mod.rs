@@ -2,6 +2,8 @@
 //! it, read its event streams with an independent SSE parser (`eventsource-stream`).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

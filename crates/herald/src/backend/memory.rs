@@ -189,6 +189,13 @@ impl Backend for MemoryBackend {
         Box::pin(std::future::ready(Ok(history)))
     }
 
+    fn listen<'a>(&'a self, _topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BackendError>> {
+        // Publishes dispatch straight into this process's fanout.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn release(&self, _topic: &Topic) {}
+
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(std::future::ready(true))
     }

@@ -18,6 +18,7 @@
 //! - **Slow subscribers** are the stream's business: the backend never waits for one.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -71,6 +72,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         topic: &'a Topic,
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<History, BackendError>>;
+
+    /// Makes sure events of `topics` published on any instance reach this
+    /// instance's [`Fanout`]; returns once they will. A stream calls it after
+    /// registering in the fanout and before reading history, and writes nothing
+    /// before it returns.
+    fn listen<'a>(&'a self, topics: &'a [Topic]) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Called when `topic` may have lost its last local subscriber; the backend
+    /// stops listening for it when the fanout has none left.
+    fn release(&self, topic: &Topic);
 
     /// Whether the backend can take publishes now (`/health/ready`).
     fn ready(&self) -> BoxFuture<'_, bool>;

@@ -1,0 +1,380 @@
+//! Several Herald processes sharing real `redis-server` processes (one node, or a
+//! 3-node Cluster): delivery across instances, resume on another instance, Redis
+//! connection cuts and restarts, channel prefixes, subscription cleanup.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use support::redis::{Cluster, Redis, cli};
+use support::{Herald, Sse, client, eventually};
+
+fn on_redis(urls: &[String], extra: &[&str]) -> Herald {
+    let mut args: Vec<&str> = urls.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    Herald::start(&args)
+}
+
+fn redis_args(r: &Redis) -> Vec<String> {
+    vec!["--redis-url".into(), r.url()]
+}
+
+/// Reads `n` events and groups their `i` by `t`, checking each topic's order.
+async fn read_grouped(s: &mut Sse, n: usize) -> HashMap<String, Vec<u64>> {
+    let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+    for _ in 0..n {
+        let v = s.next().await.json();
+        got.entry(v["t"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["i"].as_u64().unwrap());
+    }
+    got
+}
+
+#[tokio::test]
+async fn subscribe_on_a_publish_on_b_in_order_once() {
+    let r = Redis::start();
+    let a = on_redis(&redis_args(&r), &[]);
+    let b = on_redis(&redis_args(&r), &[]);
+    assert_eq!(a.status().await["backend"], "redis");
+    let topics: Vec<String> = (0..12).map(|i| format!("room:{i}")).collect();
+    let mut multi = Sse::open(&a.url(&format!("/events?topic={}", topics.join(","))), None).await;
+    let mut single = Sse::open(&a.url("/events?topic=room:0"), None).await;
+    let mut expected: HashMap<String, Vec<u64>> = HashMap::new();
+    for i in 0..240u64 {
+        let t = &topics[(i % 12) as usize];
+        // Alternate single events and batches, all through instance B.
+        if i % 2 == 0 {
+            b.send(t, "n", json!({"t": t, "i": i})).await;
+        } else {
+            let (status, body) = b
+                .publish(json!([{"topic": t, "data": {"t": t, "i": i}}]))
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+        expected.entry(t.clone()).or_default().push(i);
+    }
+    assert_eq!(read_grouped(&mut multi, 240).await, expected);
+    let single_got = read_grouped(&mut single, 20).await;
+    assert_eq!(single_got["room:0"], expected["room:0"]);
+    // Nothing more (nothing twice): a marker is the next event.
+    b.send("room:0", "n", json!({"t": "end", "i": 0})).await;
+    assert_eq!(multi.next().await.json()["t"], "end");
+    assert_eq!(single.next().await.json()["t"], "end");
+}
+
+#[tokio::test]
+async fn instance_killed_mid_stream_client_resumes_on_another() {
+    let r = Redis::start();
+    let mut a = on_redis(&redis_args(&r), &[]);
+    let b = on_redis(&redis_args(&r), &[]);
+    let mut s = Sse::open(&a.url("/events?topic=x,y"), None).await;
+    for i in 0..10u64 {
+        b.send(
+            if i % 2 == 0 { "x" } else { "y" },
+            "n",
+            json!({"t": "xy", "i": i}),
+        )
+        .await;
+    }
+    for i in 0..10u64 {
+        assert_eq!(s.next().await.json()["i"], i);
+    }
+    let cursor = s.last_id.clone();
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(s.rest().await.is_empty(), "the stream ends with instance A");
+    for i in 10..30u64 {
+        b.send(
+            if i % 2 == 0 { "x" } else { "y" },
+            "n",
+            json!({"t": "xy", "i": i}),
+        )
+        .await;
+    }
+    let mut s = Sse::open(&b.url("/events?topic=x,y"), Some(&cursor)).await;
+    b.send("x", "n", json!({"t": "xy", "i": 30})).await;
+    let mut got = Vec::new();
+    for _ in 10..=30 {
+        got.push(s.next().await.json()["i"].as_u64().unwrap());
+    }
+    got.sort_unstable(); // order is per topic; across x and y it may interleave
+    assert_eq!(
+        got,
+        (10..=30).collect::<Vec<u64>>(),
+        "nothing lost or repeated"
+    );
+}
+
+#[tokio::test]
+async fn subscriber_connection_cut_loses_nothing() {
+    let r = Redis::start();
+    let a = on_redis(&redis_args(&r), &[]);
+    let b = on_redis(&redis_args(&r), &[]);
+    let mut s = Sse::open(&a.url("/events?topic=p,q"), None).await;
+    let n = 600u64;
+    let publisher = {
+        let url = b.url("/publish");
+        tokio::spawn(async move {
+            let c = client();
+            for i in 0..n {
+                let t = if i % 3 == 0 { "q" } else { "p" };
+                let res = c
+                    .post(&url)
+                    .json(&json!({"topic": t, "data": {"t": t, "i": i}}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        })
+    };
+    // Cut every subscriber connection (A's, and B's which has none) a few times
+    // while B publishes.
+    let mut cuts = 0;
+    while !publisher.is_finished() && cuts < 8 {
+        r.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+        cuts += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    publisher.await.unwrap();
+    let got = read_grouped(&mut s, n as usize).await;
+    let want = |t: &str| {
+        (0..n)
+            .filter(|i| (i % 3 == 0) == (t == "q"))
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(got["p"], want("p"), "p in order, once");
+    assert_eq!(got["q"], want("q"), "q in order, once");
+    assert!(a.metric("herald_redis_reconnects_total").await >= 1.0);
+    // Nothing twice: the next event is the marker.
+    b.send("p", "n", json!({"t": "end", "i": 0})).await;
+    assert_eq!(s.next().await.json()["t"], "end");
+}
+
+#[tokio::test]
+async fn redis_restart_is_survived_without_restarting_herald() {
+    let mut r = Redis::start_persistent();
+    let h = on_redis(
+        &redis_args(&r),
+        &["--heartbeat", "200ms", "--heartbeat-event"],
+    );
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    let start_cursor = s.last_id.clone();
+    let mut acked = Vec::new();
+    for i in 0..5u64 {
+        acked.push(h.send("t", "n", json!(i)).await);
+    }
+    for i in 0..5u64 {
+        assert_eq!(next_data(&mut s).await, json!(i));
+    }
+    r.stop();
+    eventually("not ready while Redis is down", || async {
+        client()
+            .get(h.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+    })
+    .await;
+    let res = client().get(h.url("/health/ready")).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "application/json");
+    let (status, body) = h.publish(json!({"topic": "t", "data": "lost?"})).await;
+    assert_eq!(status, 503, "never a silent success: {body}");
+    assert_eq!(body["error"], "backend_unavailable");
+    // The SSE client stays connected: heartbeats keep arriving.
+    assert_eq!(s.next().await.event, "heartbeat");
+    // A new stream cannot be registered in Redis now: 503, not a stream that would miss events.
+    let res = client()
+        .get(h.url("/events?topic=other"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+
+    r.restart();
+    eventually("ready again", || async {
+        client()
+            .get(h.url("/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+    })
+    .await;
+    h.send("t", "n", json!("after")).await;
+    assert_eq!(
+        next_data(&mut s).await,
+        json!("after"),
+        "delivery resumed on the same stream"
+    );
+    // Every acknowledged event is still there to resume from.
+    let mut again = Sse::open(&h.url("/events?topic=t"), Some(&start_cursor)).await;
+    for i in 0..5u64 {
+        let ev = again.next().await;
+        assert_eq!(
+            (ev.json(), ev.id.clone()),
+            (json!(i), acked[i as usize].clone())
+        );
+    }
+    assert_eq!(next_data(&mut again).await, json!("after"));
+    assert!(h.metric("herald_redis_reconnects_total").await >= 1.0);
+}
+
+/// The next event that is not a heartbeat.
+async fn next_data(s: &mut Sse) -> Value {
+    loop {
+        let ev = s.next().await;
+        if ev.event != "heartbeat" {
+            return ev.json();
+        }
+    }
+}
+
+#[tokio::test]
+async fn stale_cursor_on_redis_gets_reset() {
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &["--retention-events", "5"]);
+    let first = h.send("t", "n", json!(0)).await;
+    for i in 1..20 {
+        h.send("t", "n", json!(i)).await;
+    }
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&first)).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "herald.reset");
+    assert_eq!(ev.json(), json!({"topics": ["t"]}));
+    // A cursor newer than anything the stream holds (Redis lost its data): reset.
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some("99999999999999-0")).await;
+    assert_eq!(s.next().await.event, "herald.reset");
+}
+
+#[tokio::test]
+async fn channel_prefixes_isolate_hubs_on_one_redis() {
+    let r = Redis::start();
+    let x = on_redis(&redis_args(&r), &["--channel-prefix", "staging"]);
+    let y = on_redis(&redis_args(&r), &["--channel-prefix", "prod"]);
+    let mut sx = Sse::open(&x.url("/events?topic=t"), None).await;
+    let mut sy = Sse::open(&y.url("/events?topic=t"), None).await;
+    y.send("t", "n", json!("prod only")).await;
+    x.send("t", "n", json!("staging only")).await;
+    assert_eq!(sx.next().await.json(), json!("staging only"));
+    assert_eq!(sy.next().await.json(), json!("prod only"));
+    let channels = r.cli(&["PUBSUB", "CHANNELS", "*"]);
+    assert!(
+        channels.contains("staging:{t}:c") && channels.contains("prod:{t}:c"),
+        "{channels}"
+    );
+}
+
+#[tokio::test]
+async fn thousand_subscribers_leave_and_redis_subscriptions_return_to_zero() {
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &["--max-connections", "5000"]);
+    let mut streams = Vec::new();
+    for i in 0..1000 {
+        streams.push(Sse::open(&h.url(&format!("/events?topic=t{},all", i % 100)), None).await);
+    }
+    let channels = r.cli(&["PUBSUB", "NUMSUB", "herald:{t7}:c", "herald:{all}:c"]);
+    assert_eq!(
+        channels.split_whitespace().collect::<Vec<_>>(),
+        ["herald:{t7}:c", "1", "herald:{all}:c", "1"],
+        "one Redis subscription per topic per instance"
+    );
+    assert_eq!(r.cli(&["PUBSUB", "NUMPAT"]).trim(), "0");
+    assert_eq!(
+        r.cli(&["PUBSUB", "CHANNELS", "herald:*"]).lines().count(),
+        101
+    );
+    h.send("all", "n", json!("hello")).await;
+    for s in &mut streams {
+        assert_eq!(s.next().await.json(), json!("hello"));
+    }
+    drop(streams);
+    eventually("every Redis subscription released", || async {
+        r.cli(&["PUBSUB", "CHANNELS", "herald:*"]).trim().is_empty()
+    })
+    .await;
+    let st = h.status().await;
+    assert_eq!(
+        (st["connections"].as_u64(), st["topics"].as_u64()),
+        (Some(0), Some(0))
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_delivers_across_shards_and_resumes() {
+    let c = Cluster::start();
+    let mut args = c.url_args();
+    args.push("--redis-cluster".into());
+    let a = on_redis(&args, &[]);
+    let b = on_redis(&args, &[]);
+    assert_eq!(a.status().await["backend"], "redis-cluster");
+    // Topics whose slots are on every shard.
+    let mut topics: Vec<String> = Vec::new();
+    let mut shards = [0usize; 3];
+    for i in 0.. {
+        let t = format!("shard-topic-{i}");
+        let node = c.node_of(&format!("herald:{{{t}}}:s"));
+        if shards[node] < 3 {
+            shards[node] += 1;
+            topics.push(t);
+        }
+        if shards.iter().all(|&n| n == 3) {
+            break;
+        }
+    }
+    let mut s = Sse::open(&a.url(&format!("/events?topic={}", topics.join(","))), None).await;
+    let mut expected: HashMap<String, Vec<u64>> = HashMap::new();
+    for i in 0..90u64 {
+        let t = &topics[(i % 9) as usize];
+        b.send(t, "n", json!({"t": t, "i": i})).await;
+        expected.entry(t.clone()).or_default().push(i);
+    }
+    assert_eq!(read_grouped(&mut s, 90).await, expected);
+    let cursor = s.last_id.clone();
+    drop(s);
+
+    // Cut the subscriber connections on every shard (the sharded-resubscribe case),
+    // publish meanwhile, then check live delivery and resume.
+    for n in &c.nodes {
+        n.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    }
+    let mut live = Sse::open(&a.url(&format!("/events?topic={}", topics.join(","))), None).await;
+    for n in &c.nodes {
+        n.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    }
+    for i in 90..180u64 {
+        let t = &topics[(i % 9) as usize];
+        b.send(t, "n", json!({"t": t, "i": i})).await;
+        expected.entry(t.clone()).or_default().push(i);
+    }
+    let got = read_grouped(&mut live, 90).await;
+    for t in &topics {
+        let want: Vec<u64> = expected[t].iter().copied().filter(|&i| i >= 90).collect();
+        assert_eq!(got[t], want, "live after cuts, topic {t}");
+    }
+    let mut resumed = Sse::open(
+        &b.url(&format!("/events?topic={}", topics.join(","))),
+        Some(&cursor),
+    )
+    .await;
+    let got = read_grouped(&mut resumed, 90).await;
+    for t in &topics {
+        let want: Vec<u64> = expected[t].iter().copied().filter(|&i| i >= 90).collect();
+        assert_eq!(got[t], want, "resumed on another instance, topic {t}");
+    }
+    // Shard channels are released when the subscribers leave.
+    drop((live, resumed));
+    eventually("shard channels released", || async {
+        c.nodes
+            .iter()
+            .all(|n| cli(n.port, &["PUBSUB", "SHARDCHANNELS"]).trim().is_empty())
+    })
+    .await;
+}
