@@ -378,3 +378,184 @@ async fn redis_cluster_delivers_across_shards_and_resumes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn retention_off_is_pure_pubsub_and_gaps_reset() {
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &["--retention-events", "0"]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    h.send("t", "n", json!(1)).await;
+    assert_eq!(s.next().await.json(), json!(1));
+    let cursor = s.last_id.clone();
+    drop(s);
+    h.send("t", "n", json!("missed")).await;
+    assert_eq!(
+        r.cli(&["XLEN", "herald:{t}:s"]).trim(),
+        "0",
+        "nothing retained"
+    );
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&cursor)).await;
+    assert_eq!(s.next().await.event, "herald.reset");
+}
+
+#[tokio::test]
+async fn password_in_the_url() {
+    let r = Redis::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--requirepass",
+        "s3cret",
+    ]);
+    let url = format!("redis://:s3cret@127.0.0.1:{}/0", r.port);
+    let h = on_redis(&["--redis-url".into(), url], &[]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    h.send("t", "n", json!("authenticated")).await;
+    assert_eq!(s.next().await.json(), json!("authenticated"));
+    // A wrong password stops startup with a clear message.
+    let bad = format!("redis://:wrong@127.0.0.1:{}/0", r.port);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--redis-url", &bad])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach Redis") || err.contains("WRONGPASS"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn rediss_tls_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |args: &[&str]| {
+        let ok = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl {args:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=herald-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    let port = support::redis::free_port().to_string();
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let r = Redis::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--tls-port",
+        &port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let url = format!("rediss://127.0.0.1:{port}/0");
+    let h = Herald::start_with_env(&["--redis-url", &url], &[("SSL_CERT_FILE", &ca)]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    h.send("t", "n", json!("over TLS")).await;
+    assert_eq!(s.next().await.json(), json!("over TLS"));
+    let clients = r.cli(&["CLIENT", "LIST"]);
+    assert!(
+        clients.lines().count() >= 2,
+        "herald is connected: {clients}"
+    );
+}
+
+#[tokio::test]
+async fn library_fail_open_publish_logs_counts_and_succeeds() {
+    let mut r = Redis::start();
+    let redis = herald::RedisConfig {
+        urls: vec![r.url()],
+        fail_open: true,
+        ..Default::default()
+    };
+    let hub = herald::Hub::with_redis(herald::HubConfig::default(), redis)
+        .await
+        .unwrap();
+    let p = hub.publish("t", "n", &json!(1)).await.unwrap();
+    assert!(p > herald::Position::default());
+    r.stop();
+    let p = hub.publish("t", "n", &json!(2)).await.unwrap();
+    assert_eq!(
+        p,
+        herald::Position::default(),
+        "fail-open answers position 0-0"
+    );
+    assert!(
+        hub.render_metrics()
+            .contains("herald_publish_failed_open_total 1")
+    );
+
+    // The same hub without fail-open returns the error.
+    r.restart();
+    let strict = herald::Hub::with_redis(
+        herald::HubConfig::default(),
+        herald::RedisConfig {
+            urls: vec![r.url()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    r.stop();
+    assert!(matches!(
+        strict.publish("t", "n", &json!(3)).await,
+        Err(herald::PublishError::Backend(_))
+    ));
+}

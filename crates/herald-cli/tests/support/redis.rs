@@ -74,7 +74,9 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if self.cli(&["PING"]).trim() == "PONG" {
+            // (A server with `requirepass` answers NOAUTH: it is up too.)
+            let pong = self.cli(&["PING"]);
+            if pong.trim() == "PONG" || pong.contains("NOAUTH") {
                 return true;
             }
             if let Some(c) = self.child.as_mut()
