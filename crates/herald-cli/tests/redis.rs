@@ -300,6 +300,12 @@ async fn thousand_subscribers_leave_and_redis_subscriptions_return_to_zero() {
         "one Redis subscription per topic per instance"
     );
     assert_eq!(r.cli(&["PUBSUB", "NUMPAT"]).trim(), "0");
+    let pubsub_clients = r.cli(&["CLIENT", "LIST", "TYPE", "pubsub"]);
+    assert_eq!(
+        pubsub_clients.lines().count(),
+        1,
+        "one subscriber connection: {pubsub_clients}"
+    );
     assert_eq!(
         r.cli(&["PUBSUB", "CHANNELS", "herald:*"]).lines().count(),
         101
