@@ -1,0 +1,286 @@
+//! The bytes a subscriber reads: an HTTP/1.1 response head, a body that is chunked,
+//! length-delimited or close-delimited, and the SSE event stream inside it, parsed
+//! per the WHATWG spec
+//! (<https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation>).
+//!
+//! Built to cost little per event: no allocation per line, data lines appended to
+//! one reused buffer, and a dispatched event is looked at only for the `"seq":` and
+//! `"ts":` numbers the publisher put in it.
+
+/// Parse state of an HTTP/1.1 response body.
+#[derive(Debug)]
+pub(crate) enum Body {
+    /// `Transfer-Encoding: chunked`: bytes left in the current chunk, or reading a size line.
+    Chunked { left: usize, in_size: bool, size: usize, skip_lf: u8 },
+    /// Until the connection closes (or `Content-Length`).
+    Plain,
+}
+
+/// Parses a response head; returns (status, body decoder, head length) when it is complete.
+pub(crate) fn parse_head(buf: &[u8]) -> Option<Result<(u16, Body, usize), String>> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = match std::str::from_utf8(&buf[..end]) {
+        Ok(h) => h,
+        Err(_) => return Some(Err("response head is not UTF-8".into())),
+    };
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse::<u16>().ok());
+    let Some(status) = status else {
+        return Some(Err(format!("bad status line in {head:?}")));
+    };
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let body = if chunked {
+        Body::Chunked {
+            left: 0,
+            in_size: true,
+            size: 0,
+            skip_lf: 0,
+        }
+    } else {
+        Body::Plain
+    };
+    Some(Ok((status, body, end)))
+}
+
+impl Body {
+    /// Decodes `input` and feeds the body bytes to `out`. Err on a malformed chunk.
+    pub(crate) fn decode(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) -> Result<(), String> {
+        match self {
+            Body::Plain => {
+                out(input);
+                Ok(())
+            }
+            Body::Chunked {
+                left,
+                in_size,
+                size,
+                skip_lf,
+            } => {
+                while !input.is_empty() {
+                    if *skip_lf > 0 {
+                        // CRLF after a chunk's data.
+                        let b = input[0];
+                        input = &input[1..];
+                        if (*skip_lf == 2 && b != b'\r') || (*skip_lf == 1 && b != b'\n') {
+                            return Err("missing CRLF after a chunk".into());
+                        }
+                        *skip_lf -= 1;
+                        continue;
+                    }
+                    if *in_size {
+                        let b = input[0];
+                        input = &input[1..];
+                        match b {
+                            b'0'..=b'9' => *size = *size * 16 + usize::from(b - b'0'),
+                            b'a'..=b'f' => *size = *size * 16 + usize::from(b - b'a' + 10),
+                            b'A'..=b'F' => *size = *size * 16 + usize::from(b - b'A' + 10),
+                            b'\r' | b';' | b' ' => {}
+                            b'\n' => {
+                                *in_size = false;
+                                *left = *size;
+                                *size = 0;
+                                if *left == 0 {
+                                    return Ok(()); // last chunk: the stream is over
+                                }
+                            }
+                            _ => return Err(format!("bad chunk size byte {b:#x}")),
+                        }
+                        if *size > 1 << 30 {
+                            return Err("absurd chunk size".into());
+                        }
+                        continue;
+                    }
+                    let n = (*left).min(input.len());
+                    out(&input[..n]);
+                    input = &input[n..];
+                    *left -= n;
+                    if *left == 0 {
+                        *in_size = true;
+                        *skip_lf = 2;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One dispatched event, as the bench needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    pub(crate) seq: u64,
+    pub(crate) ts_ns: u64,
+}
+
+/// A strict, allocation-free (after warm-up) SSE parser.
+#[derive(Debug, Default)]
+pub(crate) struct Sse {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+    after_cr: bool,
+    started: bool,
+    /// Events dispatched with data.
+    pub(crate) events: u64,
+    /// Dispatched events whose data held no `"seq":` (not from this bench).
+    pub(crate) foreign: u64,
+}
+
+impl Sse {
+    pub(crate) fn feed(&mut self, bytes: &[u8], on_event: &mut impl FnMut(Seen)) {
+        let mut bytes = bytes;
+        if !self.started && !bytes.is_empty() {
+            self.started = true;
+            // A leading UTF-8 BOM is ignored.
+            if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+                bytes = rest;
+            }
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.after_cr {
+                // The LF of a CRLF pair ends no second line.
+                self.after_cr = false;
+                if bytes[i] == b'\n' {
+                    i += 1;
+                    continue;
+                }
+            }
+            match bytes[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+                None => {
+                    self.line.extend_from_slice(&bytes[i..]);
+                    break;
+                }
+                Some(off) => {
+                    let end = i + off;
+                    if self.line.is_empty() {
+                        self.line_done(&bytes[i..end], on_event);
+                    } else {
+                        self.line.extend_from_slice(&bytes[i..end]);
+                        let line = std::mem::take(&mut self.line);
+                        self.line_done(&line, on_event);
+                        self.line = line;
+                        self.line.clear();
+                    }
+                    self.after_cr = bytes[end] == b'\r';
+                    i = end + 1;
+                }
+            }
+        }
+    }
+
+    fn line_done(&mut self, line: &[u8], on_event: &mut impl FnMut(Seen)) {
+        if line.is_empty() {
+            if self.has_data {
+                self.events += 1;
+                match (number_after(&self.data, b"\"seq\":"), number_after(&self.data, b"\"ts\":")) {
+                    (Some(seq), Some(ts_ns)) => on_event(Seen { seq, ts_ns }),
+                    _ => self.foreign += 1,
+                }
+            }
+            self.data.clear();
+            self.has_data = false;
+            return;
+        }
+        if line[0] == b':' {
+            return;
+        }
+        let (field, value) = match line.iter().position(|&b| b == b':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
+            }
+            None => (line, &b""[..]),
+        };
+        if field == b"data" {
+            if self.has_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(value);
+            self.has_data = true;
+        }
+        // `event`, `id`, `retry` and unknown fields do not matter to the bench.
+    }
+}
+
+/// The unsigned integer right after `key` in `hay` (e.g. `"seq":42`), allowing a space.
+fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
+    let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut rest = &hay[at..];
+    while let [b' ', tail @ ..] = rest {
+        rest = tail;
+    }
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(chunks: &[&[u8]]) -> (Vec<Seen>, Sse) {
+        let mut p = Sse::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            p.feed(c, &mut |s| out.push(s));
+        }
+        (out, p)
+    }
+
+    #[test]
+    fn events_across_chunks_and_line_ends() {
+        let s = b"retry: 1\n\nid: 1\nevent: x\ndata: {\"seq\":1,\"ts\":5}\n\n: hb\n\ndata: {\"seq\":2,\r\ndata:  \"ts\":6}\r\n\r\ndata: {\"seq\":3,\"ts\":7}\r\r";
+        for split in 0..s.len() {
+            let (a, b) = s.split_at(split);
+            let (out, p) = parse(&[a, b]);
+            assert_eq!(
+                out,
+                [
+                    Seen { seq: 1, ts_ns: 5 },
+                    Seen { seq: 2, ts_ns: 6 },
+                    Seen { seq: 3, ts_ns: 7 }
+                ],
+                "split at {split}"
+            );
+            assert_eq!((p.events, p.foreign), (3, 0));
+        }
+    }
+
+    #[test]
+    fn foreign_and_empty_events() {
+        let (out, p) = parse(&[b"data: hello\n\nid: 3\n\ndata\n\n"]);
+        assert!(out.is_empty());
+        assert_eq!((p.events, p.foreign), (2, 2));
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let mut body = Body::Chunked { left: 0, in_size: true, size: 0, skip_lf: 0 };
+        let wire = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\n\r\n";
+        let mut got = Vec::new();
+        for b in wire.chunks(3) {
+            body.decode(b, &mut |x| got.extend_from_slice(x)).unwrap();
+        }
+        assert_eq!(got, b"hello0123456789");
+        let mut bad = Body::Chunked { left: 0, in_size: true, size: 0, skip_lf: 0 };
+        assert!(bad.decode(b"zz\r\n", &mut |_| {}).is_err());
+    }
+
+    #[test]
+    fn heads() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nrest";
+        let (status, body, end) = parse_head(head).unwrap().unwrap();
+        assert_eq!((status, end), (200, head.len() - 4));
+        assert!(matches!(body, Body::Chunked { .. }));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n").is_none());
+    }
+}
