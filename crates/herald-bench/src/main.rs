@@ -104,7 +104,9 @@ pub(crate) struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match &args.worker {
         Some(plan) => rt.block_on(worker(serde_json::from_str(plan).context("worker plan")?)),
         None => rt.block_on(coordinate(args)),
@@ -119,7 +121,12 @@ async fn worker(plan: Plan) -> anyhow::Result<()> {
         let group = group.clone();
         tokio::spawn(async move {
             loop {
-                println!("progress {} {} {}", group.attempted(), group.connected(), group.unique());
+                println!(
+                    "progress {} {} {}",
+                    group.attempted(),
+                    group.connected(),
+                    group.unique()
+                );
                 let _ = std::io::stdout().flush();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -238,12 +245,19 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
         })
         .collect();
 
-    let server_rss_base: u64 = args.server_pids.iter().filter_map(|&p| procfs::rss_bytes(p)).sum();
+    let server_rss_base: u64 = args
+        .server_pids
+        .iter()
+        .filter_map(|&p| procfs::rss_bytes(p))
+        .sum();
     let bench_cpu_start = procfs::cpu_seconds("self").unwrap_or(0.0);
 
     // Connect: the first group here, the others in worker processes.
     let connect_started = Instant::now();
-    let mut workers = plans[1..].iter().map(spawn_worker).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut workers = plans[1..]
+        .iter()
+        .map(spawn_worker)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let local = Group::new(plans[0].clone());
     let connecting = {
         let local = local.clone();
@@ -251,12 +265,19 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
     };
     let b = bar(args.quiet, args.connections as u64, "connecting");
     loop {
-        let attempted = local.attempted() + workers.iter().map(|w| w.attempted.load(Ordering::Relaxed)).sum::<u64>();
+        let attempted = local.attempted()
+            + workers
+                .iter()
+                .map(|w| w.attempted.load(Ordering::Relaxed))
+                .sum::<u64>();
         b.set_position(attempted);
         if connecting.is_finished() && workers.iter().all(|w| *w.ready.borrow()) {
             break;
         }
-        if workers.iter_mut().any(|w| matches!(w.child.try_wait(), Ok(Some(_)))) {
+        if workers
+            .iter_mut()
+            .any(|w| matches!(w.child.try_wait(), Ok(Some(_))))
+        {
             bail!("a worker process ended early");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -265,22 +286,36 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
     let connect_seconds = connect_started.elapsed().as_secs_f64();
 
     tokio::time::sleep(args.hold).await;
-    let server_rss_idle: u64 = args.server_pids.iter().filter_map(|&p| procfs::rss_bytes(p)).sum();
+    let server_rss_idle: u64 = args
+        .server_pids
+        .iter()
+        .filter_map(|&p| procfs::rss_bytes(p))
+        .sum();
 
     // Publish.
     let origin = now_ns();
     local.set_origin(origin);
     for w in &mut workers {
-        w.stdin.write_all(format!("origin {origin}\n").as_bytes()).await?;
+        w.stdin
+            .write_all(format!("origin {origin}\n").as_bytes())
+            .await?;
     }
-    let server_cpu_start: f64 = args.server_pids.iter().filter_map(|p| procfs::cpu_seconds(&p.to_string())).sum();
+    let server_cpu_start: f64 = args
+        .server_pids
+        .iter()
+        .filter_map(|p| procfs::cpu_seconds(&p.to_string()))
+        .sum();
     let bench_cpu_origin = procfs::cpu_seconds("self").unwrap_or(0.0);
     let published = Arc::new(Published {
         per_topic: (0..args.topics).map(|_| AtomicU64::new(0)).collect(),
         ..Published::default()
     });
     let subs_per_topic: Vec<u64> = (0..args.topics)
-        .map(|t| (0..args.connections).filter(|i| i % args.topics == t).count() as u64)
+        .map(|t| {
+            (0..args.connections)
+                .filter(|i| i % args.topics == t)
+                .count() as u64
+        })
         .collect();
     let plan = PublishPlan {
         url: args.publish_url.clone(),
@@ -302,12 +337,20 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
             .map(|(n, s)| n.load(Ordering::Relaxed) * s)
             .sum()
     };
-    let b = bar(args.quiet, events * (args.connections as u64) / (args.topics as u64).max(1), "delivering");
+    let b = bar(
+        args.quiet,
+        events * (args.connections as u64) / (args.topics as u64).max(1),
+        "delivering",
+    );
     let mut last_unique = 0;
     let mut last_change = Instant::now();
     let mut publish_seconds = 0.0;
     loop {
-        let unique = local.unique() + workers.iter().map(|w| w.unique.load(Ordering::Relaxed)).sum::<u64>();
+        let unique = local.unique()
+            + workers
+                .iter()
+                .map(|w| w.unique.load(Ordering::Relaxed))
+                .sum::<u64>();
         b.set_position(unique);
         if unique != last_unique {
             last_unique = unique;
@@ -319,14 +362,20 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
             }
             let expected = expected_total(&published);
             let quiet_for = last_change.elapsed();
-            if unique >= expected || quiet_for > args.drain.min(Duration::from_secs(3)) && unique > 0 || quiet_for > args.drain {
+            if unique >= expected
+                || quiet_for > args.drain.min(Duration::from_secs(3)) && unique > 0
+                || quiet_for > args.drain
+            {
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     b.finish_and_clear();
-    let delivery_seconds = last_change.duration_since(publish_started).as_secs_f64().max(1e-9);
+    let delivery_seconds = last_change
+        .duration_since(publish_started)
+        .as_secs_f64()
+        .max(1e-9);
     let server_cpu: f64 = args
         .server_pids
         .iter()
@@ -336,11 +385,17 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
     let bench_cpu_local = procfs::cpu_seconds("self").unwrap_or(0.0) - bench_cpu_origin;
 
     // Gather.
-    let expected: Vec<u64> = published.per_topic.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+    let expected: Vec<u64> = published
+        .per_topic
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
     let mut summaries = vec![local.summary(&expected)];
     let expected_json = serde_json::to_string(&expected)?;
     for w in &mut workers {
-        w.stdin.write_all(format!("stop {expected_json}\n").as_bytes()).await?;
+        w.stdin
+            .write_all(format!("stop {expected_json}\n").as_bytes())
+            .await?;
     }
     for w in workers {
         let s = tokio::time::timeout(Duration::from_secs(30), w.summary)
@@ -372,7 +427,8 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
         }
     }
     if let Some(path) = &args.chart {

@@ -39,7 +39,10 @@ pub(crate) struct Published {
 pub(crate) fn payload(seq: u64, ts_ns: u64, size: usize) -> String {
     let base = format!("{{\"seq\":{seq},\"ts\":{ts_ns},\"pad\":\"\"}}");
     let pad = size.saturating_sub(base.len());
-    format!("{{\"seq\":{seq},\"ts\":{ts_ns},\"pad\":\"{}\"}}", "x".repeat(pad))
+    format!(
+        "{{\"seq\":{seq},\"ts\":{ts_ns},\"pad\":\"{}\"}}",
+        "x".repeat(pad)
+    )
 }
 
 struct Client {
@@ -52,7 +55,9 @@ impl Client {
     async fn post(&mut self, url: &str, content_type: &str, body: &str) -> Result<u16, String> {
         let (addr, host, path) = split_url(url)?;
         if self.stream.is_none() || self.url != format!("{addr}") {
-            let s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+            let s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
             let _ = s.set_nodelay(true);
             self.stream = Some(s);
             self.url = format!("{addr}");
@@ -119,7 +124,11 @@ impl Client {
 
 /// Publishes `plan.events` events at `plan.rate` per second, round-robin over the
 /// topics. Returns once all requests are answered.
-pub(crate) async fn run(plan: PublishPlan, done: Arc<Published>, on_sent: impl Fn() + Send + Sync + 'static) {
+pub(crate) async fn run(
+    plan: PublishPlan,
+    done: Arc<Published>,
+    on_sent: impl Fn() + Send + Sync + 'static,
+) {
     let (tx, rx) = async_channel(plan.connections * 4);
     let on_sent = Arc::new(on_sent);
     let mut workers = Vec::new();

@@ -125,7 +125,11 @@ impl Results {
             expected: s.expected,
             received: s.unique,
             lost,
-            loss_percent: if s.expected == 0 { 0.0 } else { 100.0 * lost as f64 / s.expected as f64 },
+            loss_percent: if s.expected == 0 {
+                0.0
+            } else {
+                100.0 * lost as f64 / s.expected as f64
+            },
             duplicated: s.dups,
             subscribers_with_loss: s.subscribers_with_loss,
             max_loss_per_subscriber: s.max_loss,
@@ -140,7 +144,11 @@ impl Results {
             server_cpu_us_per_delivery: (measured && s.unique > 0)
                 .then(|| run.server_cpu * 1e6 / s.unique as f64),
             bench_cpu_seconds: bench_cpu,
-            bench_cpu_us_per_delivery: if s.unique > 0 { bench_cpu * 1e6 / s.unique as f64 } else { 0.0 },
+            bench_cpu_us_per_delivery: if s.unique > 0 {
+                bench_cpu * 1e6 / s.unique as f64
+            } else {
+                0.0
+            },
             errors,
             run,
         }
@@ -151,24 +159,64 @@ pub(crate) fn print(r: &Results) {
     let opt = |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.1}{unit}"));
     let rows: Vec<(&str, String)> = vec![
         ("run", r.label.clone()),
-        ("connections", format!("{} ok, {} failed, {:.0}/s", r.connected, r.connect_failed, r.connects_per_second)),
+        (
+            "connections",
+            format!(
+                "{} ok, {} failed, {:.0}/s",
+                r.connected, r.connect_failed, r.connects_per_second
+            ),
+        ),
         ("closed early", r.closed_early.to_string()),
-        ("published", format!("{} ok, {} failed, {:.1}/s", r.events_published, r.publish_failed, r.publish_rate)),
-        ("deliveries", format!("{} of {} expected", r.received, r.expected)),
-        ("lost", format!("{} ({:.3}%), {} subscribers lost some (max {})", r.lost, r.loss_percent, r.subscribers_with_loss, r.max_loss_per_subscriber)),
-        ("duplicated", format!("{} ({} subscribers)", r.duplicated, r.subscribers_with_dups)),
+        (
+            "published",
+            format!(
+                "{} ok, {} failed, {:.1}/s",
+                r.events_published, r.publish_failed, r.publish_rate
+            ),
+        ),
+        (
+            "deliveries",
+            format!("{} of {} expected", r.received, r.expected),
+        ),
+        (
+            "lost",
+            format!(
+                "{} ({:.3}%), {} subscribers lost some (max {})",
+                r.lost, r.loss_percent, r.subscribers_with_loss, r.max_loss_per_subscriber
+            ),
+        ),
+        (
+            "duplicated",
+            format!("{} ({} subscribers)", r.duplicated, r.subscribers_with_dups),
+        ),
         ("deliveries/s", format!("{:.0}", r.deliveries_per_second)),
         (
             "latency ms",
             format!(
                 "p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                r.latency_ms.p50, r.latency_ms.p90, r.latency_ms.p99, r.latency_ms.p999, r.latency_ms.max
+                r.latency_ms.p50,
+                r.latency_ms.p90,
+                r.latency_ms.p99,
+                r.latency_ms.p999,
+                r.latency_ms.max
             ),
         ),
-        ("server RSS/conn", opt(r.server_rss_per_connection_bytes.map(|b| b / 1024.0), " KiB")),
+        (
+            "server RSS/conn",
+            opt(
+                r.server_rss_per_connection_bytes.map(|b| b / 1024.0),
+                " KiB",
+            ),
+        ),
         ("server CPU", opt(r.server_cpu_seconds, " s")),
         ("server CPU/deliv", opt(r.server_cpu_us_per_delivery, " µs")),
-        ("bench CPU/deliv", format!("{:.1} µs ({:.1} s)", r.bench_cpu_us_per_delivery, r.bench_cpu_seconds)),
+        (
+            "bench CPU/deliv",
+            format!(
+                "{:.1} µs ({:.1} s)",
+                r.bench_cpu_us_per_delivery, r.bench_cpu_seconds
+            ),
+        ),
     ];
     for (k, v) in rows {
         println!("{k:<18} {v}");
@@ -180,7 +228,11 @@ pub(crate) fn print(r: &Results) {
 
 /// Latency over time (p50/p99/max per second) and the percentile curve, as SVG.
 pub(crate) fn chart(r: &Results, summaries: &[Summary], path: &Path) -> anyhow::Result<()> {
-    let seconds = summaries.iter().map(|s| s.per_second.len()).max().unwrap_or(0);
+    let seconds = summaries
+        .iter()
+        .map(|s| s.per_second.len())
+        .max()
+        .unwrap_or(0);
     let mut per_sec = Vec::with_capacity(seconds);
     for sec in 0..seconds {
         let mut h = histogram();
@@ -201,31 +253,53 @@ pub(crate) fn chart(r: &Results, summaries: &[Summary], path: &Path) -> anyhow::
     let ms = |v: u64| v as f64 / 1000.0;
     let ymax = per_sec.iter().map(|h| ms(h.max())).fold(1.0f64, f64::max) * 1.1;
     let mut c = ChartBuilder::on(&top)
-        .caption(format!("{}: latency over time (ms)", r.label), ("sans-serif", 20))
+        .caption(
+            format!("{}: latency over time (ms)", r.label),
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)
         .build_cartesian_2d(0f64..(seconds.max(1) as f64), 0f64..ymax)
         .context("chart")?;
-    c.configure_mesh().x_desc("second of the run").y_desc("ms").draw().context("chart")?;
+    c.configure_mesh()
+        .x_desc("second of the run")
+        .y_desc("ms")
+        .draw()
+        .context("chart")?;
     for (q, color, name) in [(0.5, BLUE, "p50"), (0.99, RED, "p99"), (1.0, BLACK, "max")] {
         let pts: Vec<(f64, f64)> = per_sec
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.len() > 0)
-            .map(|(i, h)| (i as f64 + 0.5, ms(if q >= 1.0 { h.max() } else { h.value_at_quantile(q) })))
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(i, h)| {
+                (
+                    i as f64 + 0.5,
+                    ms(if q >= 1.0 {
+                        h.max()
+                    } else {
+                        h.value_at_quantile(q)
+                    }),
+                )
+            })
             .collect();
         c.draw_series(LineSeries::new(pts, color))
             .context("chart")?
             .label(name)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
-    c.configure_series_labels().border_style(BLACK).draw().context("chart")?;
+    c.configure_series_labels()
+        .border_style(BLACK)
+        .draw()
+        .context("chart")?;
 
     // Percentile curve: x = number of nines (0 = p0, 1 = p90, 2 = p99, 3 = p99.9 ...).
     let ymax = ms(all.max()).max(0.001) * 1.1;
     let mut c = ChartBuilder::on(&bottom)
-        .caption("latency by percentile (ms); x: 1 = p90, 2 = p99, 3 = p99.9", ("sans-serif", 20))
+        .caption(
+            "latency by percentile (ms); x: 1 = p90, 2 = p99, 3 = p99.9",
+            ("sans-serif", 20),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(60)

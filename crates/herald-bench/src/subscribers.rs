@@ -71,7 +71,9 @@ impl Latency {
         let us = us.clamp(1, 3_600_000_000);
         self.all.saturating_record(us);
         if self.origin_ns > 0 && recv_ns >= self.origin_ns {
-            let sec = usize::try_from((recv_ns - self.origin_ns) / 1_000_000_000).unwrap_or(0).min(3600);
+            let sec = usize::try_from((recv_ns - self.origin_ns) / 1_000_000_000)
+                .unwrap_or(0)
+                .min(3600);
             while self.per_second.len() <= sec {
                 self.per_second.push(histogram());
             }
@@ -159,7 +161,10 @@ impl Group {
     }
 
     pub(crate) fn connected(&self) -> u64 {
-        self.conns.iter().filter(|c| c.connected.load(Ordering::Relaxed)).count() as u64
+        self.conns
+            .iter()
+            .filter(|c| c.connected.load(Ordering::Relaxed))
+            .count() as u64
     }
 
     pub(crate) fn attempted(&self) -> u64 {
@@ -167,7 +172,10 @@ impl Group {
     }
 
     pub(crate) fn unique(&self) -> u64 {
-        self.conns.iter().map(|c| c.unique.load(Ordering::Relaxed)).sum()
+        self.conns
+            .iter()
+            .map(|c| c.unique.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn error(&self, e: String) {
@@ -229,10 +237,17 @@ impl Group {
         if addr.ip().is_loopback() && self.plan.source_ips > 0 {
             // Bind a source address without a port: the port is picked at connect
             // time per destination, so each source address has its own port range.
-            let _ = nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::IpBindAddressNoPort, &true);
+            let _ = nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            );
             let last = 2 + (i % usize::from(self.plan.source_ips)) as u8;
             socket
-                .bind(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, last), 0)))
+                .bind(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::new(127, 0, 0, last),
+                    0,
+                )))
                 .map_err(|e| format!("bind 127.0.0.{last}: {e}"))?;
         }
         let mut stream = tokio::time::timeout(Duration::from_secs(30), socket.connect(addr))
@@ -243,7 +258,10 @@ impl Group {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
         );
-        stream.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 2048];
         loop {
@@ -288,8 +306,12 @@ impl Group {
             };
             let now = now_ns();
             let mut on_event = |s: Seen| {
-                let Ok(seq) = usize::try_from(s.seq) else { return };
-                let Some(word) = seen.get_mut(seq / 64) else { return };
+                let Ok(seq) = usize::try_from(s.seq) else {
+                    return;
+                };
+                let Some(word) = seen.get_mut(seq / 64) else {
+                    return;
+                };
                 let bit = 1u64 << (seq % 64);
                 if *word & bit != 0 {
                     conn.dups.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +361,11 @@ impl Group {
         let mut s = Summary {
             connected: self.connected(),
             failed: self.failed.load(Ordering::Relaxed),
-            connect_seconds: self.connect_time.lock().map(|t| t.as_secs_f64()).unwrap_or(0.0),
+            connect_seconds: self
+                .connect_time
+                .lock()
+                .map(|t| t.as_secs_f64())
+                .unwrap_or(0.0),
             ..Summary::default()
         };
         for c in &self.conns {
@@ -382,7 +408,11 @@ pub(crate) fn split_url(url: &str) -> Result<(SocketAddr, String, String), Strin
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port = if host.contains(':') { host.to_owned() } else { format!("{host}:80") };
+    let with_port = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .find(SocketAddr::is_ipv4)

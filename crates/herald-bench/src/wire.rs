@@ -11,7 +11,13 @@
 #[derive(Debug)]
 pub(crate) enum Body {
     /// `Transfer-Encoding: chunked`: bytes left in the current chunk, or reading a size line.
-    Chunked { left: usize, in_size: bool, size: usize, skip_lf: u8 },
+    Chunked {
+        left: usize,
+        in_size: bool,
+        size: usize,
+        skip_lf: u8,
+        ext: bool,
+    },
     /// Until the connection closes (or `Content-Length`).
     Plain,
 }
@@ -41,6 +47,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Option<Result<(u16, Body, usize), String
             in_size: true,
             size: 0,
             skip_lf: 0,
+            ext: false,
         }
     } else {
         Body::Plain
@@ -50,7 +57,11 @@ pub(crate) fn parse_head(buf: &[u8]) -> Option<Result<(u16, Body, usize), String
 
 impl Body {
     /// Decodes `input` and feeds the body bytes to `out`. Err on a malformed chunk.
-    pub(crate) fn decode(&mut self, mut input: &[u8], out: &mut impl FnMut(&[u8])) -> Result<(), String> {
+    pub(crate) fn decode(
+        &mut self,
+        mut input: &[u8],
+        out: &mut impl FnMut(&[u8]),
+    ) -> Result<(), String> {
         match self {
             Body::Plain => {
                 out(input);
@@ -61,6 +72,7 @@ impl Body {
                 in_size,
                 size,
                 skip_lf,
+                ext,
             } => {
                 while !input.is_empty() {
                     if *skip_lf > 0 {
@@ -76,12 +88,17 @@ impl Body {
                     if *in_size {
                         let b = input[0];
                         input = &input[1..];
+                        if *ext && b != b'\n' {
+                            continue; // chunk extensions are ignored
+                        }
                         match b {
+                            b';' => *ext = true,
                             b'0'..=b'9' => *size = *size * 16 + usize::from(b - b'0'),
                             b'a'..=b'f' => *size = *size * 16 + usize::from(b - b'a' + 10),
                             b'A'..=b'F' => *size = *size * 16 + usize::from(b - b'A' + 10),
-                            b'\r' | b';' | b' ' => {}
+                            b'\r' | b' ' => {}
                             b'\n' => {
+                                *ext = false;
                                 *in_size = false;
                                 *left = *size;
                                 *size = 0;
@@ -179,7 +196,10 @@ impl Sse {
         if line.is_empty() {
             if self.has_data {
                 self.events += 1;
-                match (number_after(&self.data, b"\"seq\":"), number_after(&self.data, b"\"ts\":")) {
+                match (
+                    number_after(&self.data, b"\"seq\":"),
+                    number_after(&self.data, b"\"ts\":"),
+                ) {
                     (Some(seq), Some(ts_ns)) => on_event(Seen { seq, ts_ns }),
                     _ => self.foreign += 1,
                 }
@@ -264,14 +284,26 @@ mod tests {
 
     #[test]
     fn chunked_bodies() {
-        let mut body = Body::Chunked { left: 0, in_size: true, size: 0, skip_lf: 0 };
+        let mut body = Body::Chunked {
+            left: 0,
+            in_size: true,
+            size: 0,
+            skip_lf: 0,
+            ext: false,
+        };
         let wire = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\n\r\n";
         let mut got = Vec::new();
         for b in wire.chunks(3) {
             body.decode(b, &mut |x| got.extend_from_slice(x)).unwrap();
         }
         assert_eq!(got, b"hello0123456789");
-        let mut bad = Body::Chunked { left: 0, in_size: true, size: 0, skip_lf: 0 };
+        let mut bad = Body::Chunked {
+            left: 0,
+            in_size: true,
+            size: 0,
+            skip_lf: 0,
+            ext: false,
+        };
         assert!(bad.decode(b"zz\r\n", &mut |_| {}).is_err());
     }
 

@@ -414,3 +414,43 @@ async fn nothing_injects_a_line_into_the_stream() {
         ]
     );
 }
+
+#[tokio::test]
+async fn oversized_heads_http10_and_pipelining() {
+    let h = Herald::start(&[]);
+    // A request head over 16 KiB: 431 with the JSON body.
+    let big = format!(
+        "GET /events?topic=a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(17 * 1024)
+    );
+    let out = raw_get(h.addr, &big, "}").await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert!(out.contains(r#""error":"header_too_large""#), "{out}");
+    // HTTP/1.0 clients get a close-delimited stream (no chunked encoding).
+    let out = raw_get(h.addr, "GET /events?topic=a HTTP/1.0\r\n\r\n", "id: ").await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(!out.contains("transfer-encoding"), "{out}");
+    assert!(out.contains("\r\n\r\nretry: 2000\n\nid: "), "{out}");
+    // Two pipelined requests on one connection, read ahead by the hub, answered by
+    // the router in order.
+    let out = raw_get(
+        h.addr,
+        "GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "\"version\"",
+    )
+    .await;
+    assert_eq!(out.matches("HTTP/1.1 200").count(), 2, "{out}");
+    // A client that does not finish its head within --header-read-timeout is
+    // dropped (slowloris): the connection closes with nothing answered.
+    let h = Herald::start(&["--header-read-timeout", "300ms"]);
+    let started = std::time::Instant::now();
+    let out = raw_get(h.addr, "GET /events?topic=a HTTP/1.1\r\n", "\r\n\r\n").await;
+    assert!(
+        out.is_empty(),
+        "nothing is answered before the head is complete: {out}"
+    );
+    assert!(
+        started.elapsed() < support::DEADLINE,
+        "closed by the server, not by the test's deadline"
+    );
+}

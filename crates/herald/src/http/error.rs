@@ -50,6 +50,9 @@ pub enum ApiError {
     /// The backend cannot take the request now.
     #[error("{0}")]
     BackendUnavailable(String),
+    /// The request head is too large.
+    #[error("{0}")]
+    HeaderTooLarge(String),
     /// No such route.
     #[error("{0}")]
     NotFound(String),
@@ -84,6 +87,10 @@ impl ApiError {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             BackendUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            HeaderTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "header_too_large",
+            ),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }

@@ -1,7 +1,7 @@
 //! The axum routes: `/events`, `/publish`, health, metrics and status.
 
 mod error;
-mod events;
+pub(crate) mod events;
 mod publish;
 
 pub use error::ApiError;

@@ -1,0 +1,176 @@
+//! Serving a router over TCP with the protections an SSE hub needs.
+//!
+//! `axum::serve` is fine for request/response apps; an event stream needs more:
+//! a client that stops reading leaves its stream un-polled (hyper stops asking the
+//! body for bytes when the socket is full), so the stream never learns it fell
+//! behind. [`Hub::serve`] wraps every socket in a *write stall* guard: a write that
+//! makes no progress for `write_timeout` closes the connection, which drops the
+//! stream and frees its subscription. The guard arms a timer only while a write is
+//! blocked, never for idle or healthy connections.
+
+mod native;
+mod stall;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bytes::BytesMut;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::task::TaskTracker;
+
+use crate::http::ApiError;
+use crate::hub::Hub;
+use native::{Head, Rewind};
+use stall::StallGuard;
+
+/// How [`Hub::serve`] treats connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// A write blocked this long (the client stopped reading) closes the connection.
+    pub write_timeout: Duration,
+    /// Time allowed to send a request's head; slower clients are disconnected.
+    pub header_read_timeout: Duration,
+    /// How long shutdown waits for connections to finish before giving up on them.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(15),
+            header_read_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Hub {
+    /// Serves `app` (usually [`Hub::router`], possibly merged into an app's routes)
+    /// on `listener` until `signal` completes; then ends every stream with a
+    /// `retry:` hint ([`Hub::shutdown`]), stops accepting, and waits up to
+    /// `options.shutdown_grace` for connections to close.
+    ///
+    /// `GET /events` requests are served by the hub itself, straight on the socket
+    /// (see the `native` module: a few hundred bytes per idle stream instead of
+    /// hyper's 16 KiB); every other request goes to `app` through hyper.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        options: ServeOptions,
+        signal: impl Future<Output = ()> + Send,
+    ) {
+        let graceful = GracefulShutdown::new();
+        let tracker = TaskTracker::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout);
+        let http = Arc::new(http);
+        tokio::pin!(signal);
+        loop {
+            let (socket, peer) = tokio::select! {
+                _ = &mut signal => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = socket.set_nodelay(true);
+            let conn = Connection {
+                hub: self.clone(),
+                app: app.clone(),
+                http: http.clone(),
+                watcher: graceful.watcher(),
+                options: options.clone(),
+            };
+            tracker.spawn(conn.run(socket, peer));
+        }
+        tracing::info!("shutting down: ending streams with a retry hint");
+        self.shutdown();
+        drop(listener);
+        tracker.close();
+        let drained = async {
+            graceful.shutdown().await;
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(options.shutdown_grace, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?options.shutdown_grace,
+                "connections still open after the grace period"
+            );
+        }
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    hub: Hub,
+    app: Router,
+    http: Arc<hyper::server::conn::http1::Builder>,
+    watcher: Watcher,
+    options: ServeOptions,
+}
+
+impl Connection {
+    async fn run(self, mut socket: TcpStream, peer: SocketAddr) {
+        let mut buf = BytesMut::with_capacity(1024);
+        let head = native::read_head(&mut socket, &mut buf, self.options.header_read_timeout).await;
+        match head {
+            None => {}
+            Some(Head::TooLarge) => {
+                native::write_error(
+                    &mut socket,
+                    ApiError::HeaderTooLarge("the request head is larger than 16 KiB".into()),
+                )
+                .await;
+            }
+            Some(Head::Events {
+                target,
+                last_event_id,
+                http10,
+            }) => {
+                drop(buf);
+                native::serve_events(
+                    &self.hub,
+                    socket,
+                    target,
+                    last_event_id,
+                    http10,
+                    self.options.write_timeout,
+                )
+                .await;
+            }
+            Some(Head::Other) => {
+                let io = TokioIo::new(Rewind {
+                    prefix: buf.freeze(),
+                    io: StallGuard {
+                        io: socket,
+                        timeout: self.options.write_timeout,
+                        stall: None,
+                        stalled: self.hub.inner.metrics.write_stalls.clone(),
+                    },
+                });
+                let conn = self
+                    .http
+                    .serve_connection(io, TowerToHyperService::new(self.app));
+                if let Err(e) = self.watcher.watch(conn).await {
+                    tracing::trace!(%peer, error = %e, "connection ended");
+                }
+            }
+        }
+    }
+}

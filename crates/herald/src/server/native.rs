@@ -1,0 +1,282 @@
+//! Event streams served straight on the socket.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header write buffer for the whole
+//! life of every connection; for a hub holding tens of thousands of idle streams
+//! that is most of its memory. So [`Hub::serve`](crate::Hub::serve) reads each
+//! connection's request head itself (a small buffer, freed once parsed): a
+//! `GET /events` is answered here, writing the stream's chunks with one vectored
+//! write each; anything else is handed to hyper and the app's router, with the bytes
+//! already read put back in front of the socket ([`Rewind`]).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::http::ApiError;
+use crate::http::events;
+use crate::hub::Hub;
+
+/// Largest request head read here; larger ones get 431.
+const MAX_HEAD: usize = 16 * 1024;
+/// Headers parsed here; a request with more goes to hyper (which has its own limit).
+const MAX_HEADERS: usize = 48;
+
+/// What the head of a request asks for.
+pub(crate) enum Head {
+    /// `GET /events...`: the target and the `Last-Event-ID` header, if any.
+    Events {
+        target: String,
+        last_event_id: Option<Vec<u8>>,
+        http10: bool,
+    },
+    /// Anything else: give the connection to hyper, replaying `buf`.
+    Other,
+    /// The head was too large: answer 431 and close.
+    TooLarge,
+}
+
+/// Reads the request head into `buf` (within `deadline`); `None` when the client
+/// went away or was too slow.
+pub(crate) async fn read_head(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Duration,
+) -> Option<Head> {
+    let parse = async {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(buf) {
+                Ok(httparse::Status::Complete(_)) => {
+                    let is_events = req.method == Some("GET")
+                        && req
+                            .path
+                            .is_some_and(|p| p == "/events" || p.starts_with("/events?"));
+                    let has_body = req.headers.iter().any(|h| {
+                        h.name.eq_ignore_ascii_case("content-length") && h.value != b"0"
+                            || h.name.eq_ignore_ascii_case("transfer-encoding")
+                    });
+                    if !is_events || has_body {
+                        return Some(Head::Other);
+                    }
+                    let last_event_id = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+                        .map(|h| h.value.to_vec());
+                    return Some(Head::Events {
+                        target: req.path.unwrap_or("/events").to_owned(),
+                        last_event_id,
+                        http10: req.version == Some(0),
+                    });
+                }
+                Ok(httparse::Status::Partial) => {
+                    if buf.len() >= MAX_HEAD {
+                        return Some(Head::TooLarge);
+                    }
+                }
+                // Malformed or too many headers: hyper answers it properly.
+                Err(_) => return Some(Head::Other),
+            }
+            buf.reserve(1024);
+            match socket.read_buf(buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(deadline, parse).await.ok().flatten()
+}
+
+/// Writes `status` with the JSON error body and closes.
+pub(crate) async fn write_error(socket: &mut TcpStream, error: ApiError) {
+    let (status, code) = error.status_and_code();
+    let body = serde_json::json!({ "error": code, "detail": error.to_string() }).to_string();
+    let retry = if status.as_u16() == 503 {
+        "retry-after: 1\r\n"
+    } else {
+        ""
+    };
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = socket.write_all(head.as_bytes()).await;
+    let _ = socket.write_all(body.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+/// Serves one `GET /events` on `socket` until the stream ends or the client leaves.
+pub(crate) async fn serve_events(
+    hub: &Hub,
+    mut socket: TcpStream,
+    target: String,
+    last_event_id: Option<Vec<u8>>,
+    http10: bool,
+    write_timeout: Duration,
+) {
+    let query = target.split_once('?').map(|(_, q)| q);
+    let stream = match events::prepare(hub, query, last_event_id.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => return write_error(&mut socket, e).await,
+    };
+    drop(target);
+    // HTTP/1.0 has no chunked encoding: the body ends when the connection does.
+    let head: &[u8] = if http10 {
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n"
+    } else {
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n"
+    };
+    let stalled = hub.inner.metrics.write_stalls.clone();
+    let (mut rd, mut wr) = socket.split();
+    let mut pending_head = Some(head);
+    tokio::pin!(stream);
+    let mut scratch = [0u8; 64];
+    loop {
+        let chunk = tokio::select! {
+            chunk = stream.next() => chunk,
+            // Notice a client that leaves while the stream is idle; ignore anything
+            // it sends (an EventSource sends nothing more).
+            r = rd.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+        };
+        let data = match chunk {
+            Some(Ok(b)) if b.is_empty() => continue,
+            Some(Ok(b)) => Some(b),
+            Some(Err(never)) => match never {},
+            None => None,
+        };
+        let write = write_chunk(&mut wr, pending_head.take(), data.as_ref(), http10);
+        match tokio::time::timeout(write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                stalled.inc();
+                tracing::debug!("write stalled for {write_timeout:?}: closing the stream");
+                return;
+            }
+        }
+        if data.is_none() {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Writes `[head] [chunk header] data CRLF` (or the last chunk when `data` is
+/// `None`) with vectored writes, no copy of the frame bytes.
+async fn write_chunk(
+    wr: &mut (impl AsyncWrite + Unpin),
+    head: Option<&[u8]>,
+    data: Option<&Bytes>,
+    http10: bool,
+) -> io::Result<()> {
+    let mut size = [0u8; 20];
+    let size_len = match data {
+        Some(d) if !http10 => {
+            let s = format!("{:x}\r\n", d.len());
+            size[..s.len()].copy_from_slice(s.as_bytes());
+            s.len()
+        }
+        _ => 0,
+    };
+    let tail: &[u8] = match (data, http10) {
+        (_, true) => b"",
+        (Some(_), false) => b"\r\n",
+        (None, false) => b"0\r\n\r\n",
+    };
+    let mut parts: [&[u8]; 4] = [
+        head.unwrap_or(b""),
+        &size[..size_len],
+        data.map_or(&b""[..], |d| &d[..]),
+        tail,
+    ];
+    let mut first = 0;
+    while first < parts.len() {
+        if parts[first].is_empty() {
+            first += 1;
+            continue;
+        }
+        let mut slices = [IoSlice::new(b""); 4];
+        let mut k = 0;
+        for p in parts[first..].iter().filter(|p| !p.is_empty()) {
+            slices[k] = IoSlice::new(p);
+            k += 1;
+        }
+        let mut n = wr.write_vectored(&slices[..k]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && first < parts.len() {
+            let take = n.min(parts[first].len());
+            parts[first] = &parts[first][take..];
+            n -= take;
+            if parts[first].is_empty() {
+                first += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A socket with bytes already read put back in front of it, for hyper.
+pub(crate) struct Rewind<T> {
+    pub(crate) prefix: Bytes,
+    pub(crate) io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
