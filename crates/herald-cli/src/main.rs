@@ -55,9 +55,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             .await
             .context("cannot start the Redis backend")?,
     };
-    let listener = TcpListener::bind(serve.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", serve.listen))?;
+    let listener = listen(serve.listen).with_context(|| format!("cannot listen on {}", serve.listen))?;
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;
@@ -73,6 +71,19 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds with a deep accept queue: bursts of reconnecting clients (a deploy, a
+/// network blip) should queue, not have their SYNs dropped and retried a second later.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn wait_for_signal() {
