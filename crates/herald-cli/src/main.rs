@@ -55,7 +55,8 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
             .await
             .context("cannot start the Redis backend")?,
     };
-    let listener = listen(serve.listen).with_context(|| format!("cannot listen on {}", serve.listen))?;
+    let listener =
+        listen(serve.listen).with_context(|| format!("cannot listen on {}", serve.listen))?;
     let addr = listener
         .local_addr()
         .context("cannot read the bound address")?;

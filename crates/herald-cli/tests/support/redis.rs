@@ -86,6 +86,10 @@ impl Redis {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         false
     }
 

@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::stall::StallGuard;
 use crate::http::ApiError;
 use crate::http::events;
 use crate::hub::Hub;
@@ -135,8 +136,14 @@ pub(crate) async fn serve_events(
     } else {
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n"
     };
-    let stalled = hub.inner.metrics.write_stalls.clone();
-    let (mut rd, mut wr) = socket.split();
+    let (mut rd, wr) = socket.split();
+    // Blocked writes time out; the timer is armed only while a write is blocked.
+    let mut wr = StallGuard {
+        io: wr,
+        timeout: write_timeout,
+        stall: None,
+        stalled: hub.inner.metrics.write_stalls.clone(),
+    };
     let mut pending_head = Some(head);
     tokio::pin!(stream);
     let mut scratch = [0u8; 64];
@@ -156,15 +163,11 @@ pub(crate) async fn serve_events(
             Some(Err(never)) => match never {},
             None => None,
         };
-        let write = write_chunk(&mut wr, pending_head.take(), data.as_ref(), http10);
-        match tokio::time::timeout(write_timeout, write).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                stalled.inc();
-                tracing::debug!("write stalled for {write_timeout:?}: closing the stream");
-                return;
-            }
+        if write_chunk(&mut wr, pending_head.take(), data.as_ref(), http10)
+            .await
+            .is_err()
+        {
+            return;
         }
         if data.is_none() {
             let _ = wr.shutdown().await;
@@ -183,11 +186,7 @@ async fn write_chunk(
 ) -> io::Result<()> {
     let mut size = [0u8; 20];
     let size_len = match data {
-        Some(d) if !http10 => {
-            let s = format!("{:x}\r\n", d.len());
-            size[..s.len()].copy_from_slice(s.as_bytes());
-            s.len()
-        }
+        Some(d) if !http10 => chunk_size_line(d.len(), &mut size),
         _ => 0,
     };
     let tail: &[u8] = match (data, http10) {
@@ -227,6 +226,18 @@ async fn write_chunk(
         }
     }
     Ok(())
+}
+
+/// Writes `<len in hex>\r\n` into `out`; returns its length (no allocation).
+fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
 }
 
 /// A socket with bytes already read put back in front of it, for hyper.
@@ -278,5 +289,19 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_in_hex() {
+        for n in [0usize, 1, 15, 16, 255, 4096, 65535, 1 << 20, usize::MAX] {
+            let mut out = [0u8; 20];
+            let len = chunk_size_line(n, &mut out);
+            assert_eq!(&out[..len], format!("{n:x}\r\n").as_bytes());
+        }
     }
 }
