@@ -31,9 +31,10 @@ use subscribers::{Group, Plan, Summary, now_ns};
 #[derive(Debug, Parser)]
 #[command(name = "herald-bench", version)]
 pub(crate) struct Args {
-    /// Subscribe URL; `{topic}` and `{i}` (subscriber number) are replaced.
+    /// Subscribe URL; `{topic}` and `{i}` (subscriber number) are replaced. Repeat it
+    /// to spread subscribers over several servers (subscriber i uses URL i mod count).
     #[arg(long, default_value = "http://127.0.0.1:8080/events?topic={topic}")]
-    url: String,
+    url: Vec<String>,
     /// Subscriber connections.
     #[arg(short = 'n', long, default_value_t = 100)]
     connections: usize,

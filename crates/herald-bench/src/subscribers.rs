@@ -17,8 +17,8 @@ use crate::wire::{Body, Seen, Sse, parse_head};
 /// What a group connects to. Sent to worker processes as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Plan {
-    /// Subscribe URL with `{topic}` and `{i}` placeholders.
-    pub(crate) url: String,
+    /// Subscribe URLs with `{topic}` and `{i}` placeholders; subscriber i uses i mod len.
+    pub(crate) url: Vec<String>,
     pub(crate) topics: usize,
     pub(crate) topic_prefix: String,
     /// Subscribers `first..first + count` of the whole run.
@@ -227,9 +227,8 @@ impl Group {
     }
 
     async fn open(&self, i: usize) -> Result<(TcpStream, Body, Vec<u8>), String> {
-        let url = self
-            .plan
-            .url
+        let template = self.plan.url.get(i % self.plan.url.len().max(1)).ok_or("no URL")?;
+        let url = template
             .replace("{topic}", &self.plan.topic(i))
             .replace("{i}", &i.to_string());
         let (addr, host, path) = split_url(&url)?;
