@@ -71,7 +71,8 @@ pub(crate) struct Args {
     /// Idle time with every connection open before publishing (memory is read at its end).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     hold: Duration,
-    /// Longest wait for deliveries after the last publish.
+    /// Longest wait for deliveries after the last publish; what has not arrived by
+    /// then counts as lost.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain: Duration,
     /// Server process(es) to measure (RSS per connection, CPU per delivery).
@@ -363,9 +364,12 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
             }
             let expected = expected_total(&published);
             let quiet_for = last_change.elapsed();
+            let draining_for = publish_started.elapsed().as_secs_f64() - publish_seconds;
+            // Done when everything arrived, when nothing arrives any more, or when
+            // the drain time is up (what has not arrived by then counts as lost).
             if unique >= expected
-                || quiet_for > args.drain.min(Duration::from_secs(3)) && unique > 0
-                || quiet_for > args.drain
+                || quiet_for > args.drain.min(Duration::from_secs(3))
+                || draining_for > args.drain.as_secs_f64()
             {
                 break;
             }

@@ -28,6 +28,34 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the hub.
     Serve(Box<Serve>),
+    /// Mint an HS256 token for testing (prints it).
+    Token(Token),
+}
+
+/// `herald token`: mint a token signed with a shared secret.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Token {
+    /// The HS256 secret (the hub's --jwt-secret).
+    #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
+    pub(crate) secret: String,
+    /// The subject (`sub`), substituted for {sub} in patterns.
+    #[arg(long)]
+    pub(crate) sub: Option<String>,
+    /// Topic patterns the bearer may subscribe to (repeatable).
+    #[arg(long)]
+    pub(crate) subscribe: Vec<String>,
+    /// Topic patterns the bearer may publish to (repeatable).
+    #[arg(long)]
+    pub(crate) publish: Vec<String>,
+    /// Lifetime (e.g. 1h, 15m).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    pub(crate) ttl: Duration,
+    /// Audience (`aud`).
+    #[arg(long)]
+    pub(crate) audience: Option<String>,
+    /// Issuer (`iss`).
+    #[arg(long)]
+    pub(crate) issuer: Option<String>,
 }
 
 /// Log line format.
@@ -105,6 +133,64 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_CHANNEL_PREFIX", default_value = "herald")]
     pub(crate) channel_prefix: String,
 
+    /// HS256 secret checking subscriber and publisher tokens (at least 16 bytes).
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    pub(crate) jwt_secret: Option<String>,
+
+    /// PEM public key file checking tokens: RS256, ES256 or EdDSA by the key's type.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub(crate) jwt_public_key: Option<PathBuf>,
+
+    /// Required token audience (`aud`).
+    #[arg(long, env = "HERALD_JWT_AUDIENCE")]
+    pub(crate) jwt_audience: Option<String>,
+
+    /// Required token issuer (`iss`).
+    #[arg(long, env = "HERALD_JWT_ISSUER")]
+    pub(crate) jwt_issuer: Option<String>,
+
+    /// Cookie that may carry the token (same-site browser apps).
+    #[arg(long, env = "HERALD_JWT_COOKIE")]
+    pub(crate) jwt_cookie: Option<String>,
+
+    /// Static bearer key that may publish to any topic (repeatable; at least 16 characters).
+    #[arg(
+        long = "publish-key",
+        env = "HERALD_PUBLISH_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub(crate) publish_key: Vec<String>,
+
+    /// Topic patterns anyone may subscribe to without a token (repeatable; e.g. announcements, public:*).
+    #[arg(
+        long = "anonymous-topics",
+        env = "HERALD_ANONYMOUS_TOPICS",
+        value_delimiter = ','
+    )]
+    pub(crate) anonymous_topics: Vec<String>,
+
+    /// Allow running without authentication on a non-loopback address.
+    #[arg(long, env = "HERALD_INSECURE_NO_AUTH")]
+    pub(crate) insecure_no_auth: bool,
+
+    /// Origin allowed to use the hub from a browser page (repeatable); * for any (without credentials).
+    #[arg(
+        long = "cors-origin",
+        env = "HERALD_CORS_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub(crate) cors_origin: Vec<String>,
+
+    /// Open streams allowed from one client address (0: no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub(crate) max_connections_per_ip: usize,
+
     /// A write blocked this long (the client stopped reading) closes its connection.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub(crate) write_timeout: Duration,
@@ -127,6 +213,27 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 impl Serve {
+    /// The authorizer settings; reads the public key file.
+    pub(crate) fn jwt_config(&self) -> anyhow::Result<herald::auth::jwt::JwtConfig> {
+        use herald::auth::jwt::JwtKey;
+        let key = match (&self.jwt_secret, &self.jwt_public_key) {
+            (Some(s), _) => Some(JwtKey::Secret(s.as_bytes().to_vec())),
+            (None, Some(path)) => Some(JwtKey::PublicKeyPem(
+                std::fs::read(path)
+                    .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?,
+            )),
+            (None, None) => None,
+        };
+        Ok(herald::auth::jwt::JwtConfig {
+            key,
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            cookie: self.jwt_cookie.clone(),
+            anonymous_topics: self.anonymous_topics.clone(),
+            publish_keys: self.publish_key.clone(),
+        })
+    }
+
     pub(crate) fn serve_options(&self) -> herald::ServeOptions {
         herald::ServeOptions {
             write_timeout: self.write_timeout,
@@ -156,6 +263,8 @@ impl Serve {
             max_topics: self.max_topics,
             retention_events: self.retention_events,
             retention_ttl: self.retention_ttl,
+            cors_origins: self.cors_origin.clone(),
+            max_connections_per_ip: self.max_connections_per_ip,
         }
     }
 }
@@ -165,7 +274,9 @@ pub(crate) fn parse() -> anyhow::Result<Cli> {
     let args: Vec<OsString> = std::env::args_os().collect();
     let matches = Cli::command().get_matches_from(&args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let Command::Serve(serve) = &cli.command;
+    let Command::Serve(serve) = &cli.command else {
+        return Ok(cli);
+    };
     let Some(path) = serve.config.clone() else {
         return Ok(cli);
     };

@@ -16,7 +16,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let Command::Serve(serve) = cli.command;
+    let serve = match cli.command {
+        Command::Serve(serve) => serve,
+        Command::Token(token) => return mint(&token),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +39,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn mint(t: &config::Token) -> std::process::ExitCode {
+    use herald::auth::jwt::{Claims, HeraldClaim, mint, now_secs};
+    let claims = Claims {
+        sub: t.sub.clone(),
+        exp: now_secs() + t.ttl.as_secs(),
+        nbf: None,
+        aud: t.audience.clone(),
+        iss: t.issuer.clone(),
+        herald: HeraldClaim {
+            subscribe: t.subscribe.clone(),
+            publish: t.publish.clone(),
+        },
+    };
+    match mint(t.secret.as_bytes(), &claims) {
+        Ok(token) => {
+            println!("{token}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald: cannot mint a token: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -49,12 +77,25 @@ fn init_logging(format: LogFormat) {
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     init_logging(serve.log_format);
+    let auth = herald::auth::jwt::JwtAuthorizer::new(&serve.jwt_config()?)
+        .context("invalid authentication settings")?;
+    if !auth.is_enabled() && !serve.listen.ip().is_loopback() && !serve.insecure_no_auth {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: anyone could publish and subscribe. \
+             Set --jwt-secret or --jwt-public-key (and/or --publish-key), \
+             or pass --insecure-no-auth if a private network or a proxy guards the hub",
+            serve.listen
+        );
+    }
     let hub = match serve.redis_config() {
         None => herald::Hub::new(serve.hub_config()).context("invalid settings")?,
         Some(redis) => herald::Hub::with_redis(serve.hub_config(), redis)
             .await
             .context("cannot start the Redis backend")?,
     };
+    if auth.is_enabled() {
+        hub.set_authorizer(auth);
+    }
     let listener =
         listen(serve.listen).with_context(|| format!("cannot listen on {}", serve.listen))?;
     let addr = listener

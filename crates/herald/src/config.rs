@@ -27,6 +27,12 @@ pub struct HubConfig {
     pub retention_events: usize,
     /// How long events are kept for resume.
     pub retention_ttl: Duration,
+    /// Origins allowed to use the hub from a browser page (CORS); `*` for any
+    /// origin (then without credentials). Empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
+    /// Open streams allowed from one client address (0: no limit); enforced by
+    /// [`Hub::serve`](crate::Hub::serve).
+    pub max_connections_per_ip: usize,
 }
 
 impl Default for HubConfig {
@@ -41,6 +47,8 @@ impl Default for HubConfig {
             max_topics: 32,
             retention_events: 1000,
             retention_ttl: Duration::from_secs(3600),
+            cors_origins: Vec::new(),
+            max_connections_per_ip: 0,
         }
     }
 }
@@ -103,6 +111,23 @@ impl HubConfig {
                 "retention_ttl",
                 "more than 0 while retention_events is on",
                 "0s".into(),
+            );
+        }
+        if self.cors_origins.iter().any(|o| o == "*") && self.cors_origins.len() > 1 {
+            return err(
+                "cors_origins",
+                "either * alone or a list of origins",
+                self.cors_origins.join(","),
+            );
+        }
+        if let Some(o) = self.cors_origins.iter().find(|o| {
+            *o != "*" && !(o.starts_with("http://") || o.starts_with("https://"))
+                || o.contains(['\r', '\n', ' ', ','])
+        }) {
+            return err(
+                "cors_origins",
+                "origins like https://app.example.com",
+                o.clone(),
             );
         }
         Ok(())

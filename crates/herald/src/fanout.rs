@@ -17,7 +17,7 @@ use crate::sse::Frame;
 
 /// Topic -> broadcast ring of this process's subscribers.
 #[derive(Debug)]
-pub(crate) struct Fanout {
+pub struct Fanout {
     /// Held only for map lookups and inserts, never across an await or a socket write.
     topics: Mutex<HashMap<Topic, broadcast::Sender<Frame>>>,
     /// Ring size per topic: how far a subscriber may fall behind.
@@ -25,7 +25,8 @@ pub(crate) struct Fanout {
 }
 
 impl Fanout {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A registry whose rings hold `capacity` frames per topic.
+    pub fn new(capacity: usize) -> Self {
         Self {
             topics: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
@@ -39,7 +40,7 @@ impl Fanout {
     }
 
     /// Registers a subscriber: it receives every frame dispatched from now on.
-    pub(crate) fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Frame> {
+    pub fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Frame> {
         let mut topics = self.lock();
         match topics.get(topic) {
             Some(tx) => tx.subscribe(),
@@ -52,7 +53,7 @@ impl Fanout {
     }
 
     /// Hands `frame` to every local subscriber of `topic`; returns how many there are.
-    pub(crate) fn dispatch(&self, topic: &Topic, frame: Frame) -> usize {
+    pub fn dispatch(&self, topic: &Topic, frame: Frame) -> usize {
         let topics = self.lock();
         match topics.get(topic) {
             // `send` fails only when there is no receiver left, which `release` is

@@ -1,7 +1,9 @@
 //! The hub: one backend, one local fanout, the shared timers, and the publish API.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,6 +12,7 @@ use thiserror::Error;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authorize;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{RedisBackend, RedisConfig, RedisSetupError};
 use crate::backend::{Backend, BackendError};
@@ -108,6 +111,10 @@ pub(crate) struct Inner {
     pub(crate) connections: AtomicUsize,
     pub(crate) retry_frame: Bytes,
     started: Instant,
+    /// Decides who may subscribe and publish; none: everyone may.
+    pub(crate) authorizer: OnceLock<Arc<dyn Authorize>>,
+    /// Open streams per client address (`Hub::serve` only).
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl Drop for Inner {
@@ -185,8 +192,31 @@ impl Hub {
                 connections: AtomicUsize::new(0),
                 retry_frame,
                 started: Instant::now(),
+                authorizer: OnceLock::new(),
+                per_ip: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Sets who may subscribe and publish through the HTTP routes (direct
+    /// [`Hub::publish`] calls are trusted code and not checked). Can be set once;
+    /// returns false if one was set already.
+    pub fn set_authorizer(&self, authorizer: impl Authorize) -> bool {
+        self.inner.authorizer.set(Arc::new(authorizer)).is_ok()
+    }
+
+    /// Counts a refused request in the metric for its kind.
+    pub(crate) fn count_refusal(&self, e: &crate::http::ApiError) {
+        let m = &self.inner.metrics;
+        match e.status_and_code().0.as_u16() {
+            401 => m.unauthorized.inc(),
+            403 => m.forbidden.inc(),
+            _ => 0,
+        };
+    }
+
+    pub(crate) fn authorizer(&self) -> Option<&Arc<dyn Authorize>> {
+        self.inner.authorizer.get()
     }
 
     /// The settings the hub runs with.

@@ -25,6 +25,7 @@
 //! subscriber registry), [`backend`] (ordering, history and scale-out), `stream`
 //! (one subscriber's connection), [`http`] (the axum routes).
 
+pub mod auth;
 pub mod backend;
 mod config;
 pub mod cursor;
@@ -43,3 +44,10 @@ pub use cursor::{SubscriptionError, TopicSet};
 pub use event::{Event, EventName, NameError, Position, Topic, compact_json};
 pub use hub::{Hub, HubError, PublishError, Status};
 pub use server::ServeOptions;
+
+/// Internals exposed for the micro-benchmarks in `benches/`; not a stable API.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::fanout::Fanout;
+    pub use crate::sse::Frame;
+}

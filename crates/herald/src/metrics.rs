@@ -26,6 +26,10 @@ pub(crate) struct Metrics {
     pub(crate) write_stalls: Counter,
     pub(crate) publish_rejected: Counter,
     pub(crate) subscribe_rejected: Counter,
+    pub(crate) unauthorized: Counter,
+    pub(crate) forbidden: Counter,
+    pub(crate) ip_limited: Counter,
+    pub(crate) cors_rejected: Counter,
     pub(crate) publish_seconds: Histogram,
     pub(crate) redis: RedisMetrics,
 }
@@ -45,6 +49,10 @@ impl Metrics {
             write_stalls: Counter::default(),
             publish_rejected: Counter::default(),
             subscribe_rejected: Counter::default(),
+            unauthorized: Counter::default(),
+            forbidden: Counter::default(),
+            ip_limited: Counter::default(),
+            cors_rejected: Counter::default(),
             // 10 µs .. ~2.6 s
             publish_seconds: Histogram::new(exponential_buckets(0.00001, 4.0, 10)),
             redis: RedisMetrics::default(),
@@ -119,6 +127,26 @@ impl Metrics {
             "subscribe_rejected",
             "Subscribe requests refused for bad input",
             m.subscribe_rejected.clone(),
+        );
+        registry.register(
+            "unauthorized",
+            "Requests refused with 401 (missing or invalid credentials)",
+            m.unauthorized.clone(),
+        );
+        registry.register(
+            "forbidden",
+            "Requests refused with 403 (topics not allowed)",
+            m.forbidden.clone(),
+        );
+        registry.register(
+            "connections_per_ip_rejected",
+            "Event streams refused at the per-client-address limit",
+            m.ip_limited.clone(),
+        );
+        registry.register(
+            "cors_rejected",
+            "CORS preflights refused for their origin",
+            m.cors_rejected.clone(),
         );
         registry.register(
             "publish_duration_seconds",

@@ -5,6 +5,8 @@
 //! subscriber shares. Names are validated before they get here; this module still
 //! never lets a CR or LF through a field other than `data`, whose lines it splits.
 
+use std::fmt::Write as _;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::event::{Event, Position};
@@ -25,10 +27,12 @@ pub struct Frame {
 impl Frame {
     /// Encodes `event` at position `pos`.
     pub fn new(pos: Position, event: &Event) -> Self {
-        let id = pos.to_string();
+        // Room for `id: <20>-<20>\n`, `event: <name>\n`, one `data: ...\n` line and
+        // the blank line: one allocation for single-line data (compact JSON always is).
         let mut buf =
-            BytesMut::with_capacity(id.len() + event.name.as_str().len() + event.data.len() + 24);
-        put_field(&mut buf, "id", id.as_bytes());
+            BytesMut::with_capacity(48 + event.name.as_str().len() + 8 + event.data.len() + 8);
+        // A position is digits and a dash: nothing to escape.
+        let _ = writeln!(buf, "id: {}-{}", pos.ms, pos.seq);
         let body_start = buf.len();
         put_field(&mut buf, "event", event.name.as_str().as_bytes());
         put_data(&mut buf, &event.data);

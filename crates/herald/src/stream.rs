@@ -63,6 +63,8 @@ struct Conn {
     /// Declared before `registration`: fields drop in order, so the receivers are
     /// gone when the registration releases the topics.
     live: StreamMap<usize, BroadcastStream<Frame>>,
+    /// When the subscriber's credentials expire, if they do.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     heartbeat: broadcast::Receiver<Bytes>,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
@@ -77,6 +79,7 @@ pub(crate) async fn open(
     hub: &Hub,
     set: TopicSet,
     cursor: Option<Vec<Position>>,
+    expires_at: Option<std::time::SystemTime>,
 ) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static, OpenError>
 {
     let inner = &hub.inner;
@@ -140,8 +143,16 @@ pub(crate) async fn open(
     }
     inner.metrics.events_replayed.inc_by(replay.len() as u64);
     inner.metrics.events_delivered.inc_by(replay.len() as u64);
+    // Credentials that expire end the stream then (the client reconnects with new ones).
+    let deadline = expires_at.map(|at| {
+        let left = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    });
     let mut conn = Conn {
         live,
+        deadline,
         heartbeat: inner.heartbeat.subscribe(),
         positions,
         prelude: None,
@@ -235,9 +246,20 @@ impl Conn {
         let mut chunk = Chunk::default();
         let mut delivered = 0u64;
         let shutdown = self.registration.inner.shutdown.clone();
+        let deadline = &mut self.deadline;
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
+                self.done = true;
+                return Some(self.inner().retry_frame.clone());
+            }
+            _ = async {
+                match deadline.as_mut() {
+                    Some(d) => d.as_mut().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::debug!("credentials expired: ending the stream");
                 self.done = true;
                 return Some(self.inner().retry_frame.clone());
             }

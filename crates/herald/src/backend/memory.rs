@@ -259,7 +259,7 @@ mod tests {
         }
         b.sweep();
         assert_eq!(b.retained_topics(), 0);
-        let before = Position::new(ps[0].ms, 0);
+        let before = Position::new(ps[0].ms - 1, 0);
         assert!(
             b.resume(&Topic::new("t").unwrap(), Some(before))
                 .await

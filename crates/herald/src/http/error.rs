@@ -1,6 +1,5 @@
 //! Errors that reach HTTP: a status and the JSON body `{"error": code, "detail": text}`.
 
-use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -50,6 +49,23 @@ pub enum ApiError {
     /// The backend cannot take the request now.
     #[error("{0}")]
     BackendUnavailable(String),
+    /// Missing or invalid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials without the right to some topics.
+    #[error("{detail}")]
+    Forbidden {
+        /// Human text.
+        detail: String,
+        /// The denied topics.
+        topics: Vec<String>,
+    },
+    /// Too many open streams from one client address.
+    #[error("{0}")]
+    TooManyFromIp(String),
+    /// A CORS preflight from an origin that is not allowed.
+    #[error("{0}")]
+    CorsForbidden(String),
     /// The request head is too large.
     #[error("{0}")]
     HeaderTooLarge(String),
@@ -65,9 +81,35 @@ pub enum ApiError {
 struct Body<'a> {
     error: &'a str,
     detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topics: Option<&'a [String]>,
 }
 
 impl ApiError {
+    /// The JSON body: `{"error": code, "detail": text}`, plus `"topics"` for 403.
+    pub fn body(&self) -> String {
+        let (_, code) = self.status_and_code();
+        let topics = match self {
+            ApiError::Forbidden { topics, .. } => Some(topics.as_slice()),
+            _ => None,
+        };
+        serde_json::to_string(&Body {
+            error: code,
+            detail: self.to_string(),
+            topics,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Extra headers: `Retry-After` for 503 and 429, `WWW-Authenticate` for 401.
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status_and_code().0.as_u16() {
+            503 | 429 => &[("retry-after", "1")],
+            401 => &[("www-authenticate", "Bearer")],
+            _ => &[],
+        }
+    }
+
     /// The HTTP status and the stable machine-readable code.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         use ApiError::*;
@@ -87,6 +129,10 @@ impl ApiError {
             Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             BackendUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            TooManyFromIp(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+            CorsForbidden(_) => (StatusCode::FORBIDDEN, "cors_origin_not_allowed"),
             HeaderTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "header_too_large",
@@ -98,18 +144,18 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+        let (status, _) = self.status_and_code();
         let mut res = (
             status,
-            Json(Body {
-                error: code,
-                detail: self.to_string(),
-            }),
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            self.body(),
         )
             .into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        for (k, v) in self.extra_headers() {
+            res.headers_mut().insert(*k, HeaderValue::from_static(v));
         }
         res
     }
@@ -134,6 +180,14 @@ impl From<SubscriptionError> for ApiError {
             SubscriptionError::BadTopic(n) => n.into(),
             SubscriptionError::TooManyTopics { .. } => Self::TooManyTopics(e.to_string()),
             SubscriptionError::BadCursor(_) => Self::BadCursor(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        match e {
+            crate::auth::AuthError::Unauthenticated(d) => Self::Unauthorized(d),
         }
     }
 }

@@ -1,21 +1,25 @@
 //! `GET /events?topic=a,b`: open an event stream.
 
 use std::convert::Infallible;
+use std::time::SystemTime;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::extract::State;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::cursor::TopicSet;
+use crate::event::Topic;
 use crate::http::error::ApiError;
 use crate::hub::Hub;
 use crate::stream::{self, OpenError};
 
 /// The query: every `topic=` value (each a comma-separated list) and the optional
-/// `last_event_id=` cursor. Other parameters (cache busters) are ignored.
+/// `last_event_id=` cursor. Other parameters (cache busters, `access_token`) are
+/// ignored here.
 fn parse_query(query: Option<&str>) -> (Vec<String>, Option<String>) {
     let mut topics = Vec::new();
     let mut cursor = None;
@@ -29,13 +33,8 @@ fn parse_query(query: Option<&str>) -> (Vec<String>, Option<String>) {
     (topics, cursor)
 }
 
-pub(crate) async fn events(
-    State(hub): State<Hub>,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let cursor = headers.get("last-event-id").map(|v| v.as_bytes());
-    let body = prepare(&hub, query.as_deref(), cursor).await?;
+pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Response, ApiError> {
+    let body = prepare(&hub, &parts).await?;
     Ok((
         [
             (
@@ -53,37 +52,75 @@ pub(crate) async fn events(
         .into_response())
 }
 
-/// Validates a subscription (query and `Last-Event-ID` header) and opens its stream;
-/// shared by the axum route and the hub's own connection handling.
+/// Validates and authorizes a subscription and opens its stream; shared by the
+/// axum route and the hub's own connection handling. Counts its refusals.
 pub(crate) async fn prepare(
     hub: &Hub,
-    query: Option<&str>,
-    last_event_id: Option<&[u8]>,
+    parts: &Parts,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
-    let result = open(hub, query, last_event_id).await;
-    if let Err(e) = &result
-        && e.status_and_code().0.is_client_error()
-    {
-        hub.inner.metrics.subscribe_rejected.inc();
+    let result = open(hub, parts).await;
+    if let Err(e) = &result {
+        hub.count_refusal(e);
+        if e.status_and_code().0.is_client_error() {
+            hub.inner.metrics.subscribe_rejected.inc();
+        }
     }
     result
 }
 
+/// Asks the hub's authorizer about `topics`: 401, or 403 naming the denied
+/// topics, or the credentials' expiry.
+pub(crate) async fn authorize(
+    hub: &Hub,
+    parts: &Parts,
+    topics: &[Topic],
+    publish: bool,
+) -> Result<Option<SystemTime>, ApiError> {
+    let Some(auth) = hub.authorizer() else {
+        return Ok(None);
+    };
+    let decision = if publish {
+        auth.publish(parts, topics).await?
+    } else {
+        auth.subscribe(parts, topics).await?
+    };
+    let denied: Vec<String> = topics
+        .iter()
+        .zip(decision.allowed.iter().chain(std::iter::repeat(&false)))
+        .filter(|(_, ok)| !**ok)
+        .map(|(t, _)| t.to_string())
+        .collect();
+    if denied.is_empty() {
+        Ok(decision.expires_at)
+    } else {
+        Err(ApiError::Forbidden {
+            detail: format!(
+                "not allowed to {} {}",
+                if publish {
+                    "publish to"
+                } else {
+                    "subscribe to"
+                },
+                denied.join(", ")
+            ),
+            topics: denied,
+        })
+    }
+}
+
 async fn open(
     hub: &Hub,
-    query: Option<&str>,
-    last_event_id: Option<&[u8]>,
+    parts: &Parts,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
-    let (topics, query_cursor) = parse_query(query);
+    let (topics, query_cursor) = parse_query(parts.uri.query());
     let set = TopicSet::parse(topics.iter().map(String::as_str), hub.config().max_topics)?;
+    let expires_at = authorize(hub, parts, set.topics(), false).await?;
     // The header wins: EventSource keeps the first URL (with its `last_event_id`)
     // on reconnect and sends the newer cursor as `Last-Event-ID`.
-    let header_cursor = match last_event_id {
+    let header_cursor = match parts.headers.get("last-event-id") {
         Some(v) => Some(
-            std::str::from_utf8(v)
-                .ok()
-                .filter(|s| s.is_ascii())
-                .ok_or_else(|| {
+            v.to_str()
+                .map_err(|_| {
                     ApiError::BadCursor("invalid cursor: Last-Event-ID is not ASCII".into())
                 })?
                 .to_owned(),
@@ -95,8 +132,10 @@ async fn open(
         .or(query_cursor)
         .map(|c| set.decode(&c))
         .transpose()?;
-    stream::open(hub, set, cursor).await.map_err(|e| match e {
-        OpenError::Full(_) | OpenError::ShuttingDown => ApiError::Unavailable(e.to_string()),
-        OpenError::Backend(b) => b.into(),
-    })
+    stream::open(hub, set, cursor, expires_at)
+        .await
+        .map_err(|e| match e {
+            OpenError::Full(_) | OpenError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            OpenError::Backend(b) => b.into(),
+        })
 }

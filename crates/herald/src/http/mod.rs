@@ -1,5 +1,6 @@
 //! The axum routes: `/events`, `/publish`, health, metrics and status.
 
+pub(crate) mod cors;
 mod error;
 pub(crate) mod events;
 mod publish;
@@ -33,6 +34,10 @@ impl Hub {
             .route("/status", get(status))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                cors::middleware,
+            ))
             .with_state(self.clone())
     }
 }

@@ -3,12 +3,14 @@
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::event::{Event, EventName, Topic, compact_json};
 use crate::http::error::ApiError;
+use crate::http::events;
 use crate::hub::Hub;
 
 /// Most events in one batch.
@@ -75,12 +77,21 @@ fn to_event(item: Item<'_>, max_payload: usize) -> Result<Event, ApiError> {
 
 pub(crate) async fn publish(
     State(hub): State<Hub>,
-    headers: HeaderMap,
+    parts: Parts,
     body: Body,
 ) -> Result<Json<Answer>, ApiError> {
-    let (events, batch) = match parse(&hub, &headers, body).await {
+    let parsed = async {
+        let (events, batch) = parse(&hub, &parts.headers, body).await?;
+        let mut topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
+        topics.sort();
+        topics.dedup();
+        events::authorize(&hub, &parts, &topics, true).await?;
+        Ok::<_, ApiError>((events, batch))
+    };
+    let (events, batch) = match parsed.await {
         Ok(parsed) => parsed,
         Err(e) => {
+            hub.count_refusal(&e);
             hub.inner.metrics.publish_rejected.inc();
             return Err(e);
         }

@@ -116,6 +116,55 @@ impl Hub {
     }
 }
 
+/// A stream counted against its client address's limit; released on drop.
+struct IpSlot {
+    hub: Hub,
+    ip: std::net::IpAddr,
+}
+
+impl IpSlot {
+    fn take(hub: &Hub, ip: std::net::IpAddr) -> Option<Self> {
+        let limit = hub.config().max_connections_per_ip;
+        if limit == 0 {
+            return Some(Self {
+                hub: hub.clone(),
+                ip,
+            });
+        }
+        let mut per_ip = hub.inner.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= limit {
+            hub.inner.metrics.ip_limited.inc();
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            hub: hub.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if self.hub.config().max_connections_per_ip == 0 {
+            return;
+        }
+        let mut per_ip = self
+            .hub
+            .inner
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// One accepted connection.
 struct Connection {
     hub: Hub,
@@ -135,24 +184,27 @@ impl Connection {
                 native::write_error(
                     &mut socket,
                     ApiError::HeaderTooLarge("the request head is larger than 16 KiB".into()),
+                    "",
                 )
                 .await;
             }
-            Some(Head::Events {
-                target,
-                last_event_id,
-                http10,
-            }) => {
+            Some(Head::Events { parts, http10 }) => {
                 drop(buf);
-                native::serve_events(
-                    &self.hub,
-                    socket,
-                    target,
-                    last_event_id,
-                    http10,
-                    self.options.write_timeout,
-                )
-                .await;
+                let Some(_slot) = IpSlot::take(&self.hub, peer.ip()) else {
+                    let cors = crate::http::cors::header_lines(&self.hub, &parts.headers);
+                    let limit = self.hub.config().max_connections_per_ip;
+                    native::write_error(
+                        &mut socket,
+                        ApiError::TooManyFromIp(format!(
+                            "at most {limit} streams may be open from one address"
+                        )),
+                        &cors,
+                    )
+                    .await;
+                    return;
+                };
+                native::serve_events(&self.hub, socket, parts, http10, self.options.write_timeout)
+                    .await;
             }
             Some(Head::Other) => {
                 let io = TokioIo::new(Rewind {

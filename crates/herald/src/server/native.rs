@@ -19,6 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::stall::StallGuard;
+use axum::http::request::Parts;
+use axum::http::{Method, Request};
+
 use crate::http::ApiError;
 use crate::http::events;
 use crate::hub::Hub;
@@ -30,12 +33,8 @@ const MAX_HEADERS: usize = 48;
 
 /// What the head of a request asks for.
 pub(crate) enum Head {
-    /// `GET /events...`: the target and the `Last-Event-ID` header, if any.
-    Events {
-        target: String,
-        last_event_id: Option<Vec<u8>>,
-        http10: bool,
-    },
+    /// `GET /events...`, as request parts (for the authorizer).
+    Events { parts: Box<Parts>, http10: bool },
     /// Anything else: give the connection to hyper, replaying `buf`.
     Other,
     /// The head was too large: answer 431 and close.
@@ -66,14 +65,18 @@ pub(crate) async fn read_head(
                     if !is_events || has_body {
                         return Some(Head::Other);
                     }
-                    let last_event_id = req
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-                        .map(|h| h.value.to_vec());
+                    let mut builder = Request::builder()
+                        .method(Method::GET)
+                        .uri(req.path.unwrap_or("/events"));
+                    for h in req.headers.iter() {
+                        builder = builder.header(h.name, h.value);
+                    }
+                    // Headers hyper would refuse: let hyper answer.
+                    let Ok(request) = builder.body(()) else {
+                        return Some(Head::Other);
+                    };
                     return Some(Head::Events {
-                        target: req.path.unwrap_or("/events").to_owned(),
-                        last_event_id,
+                        parts: Box::new(request.into_parts().0),
                         http10: req.version == Some(0),
                     });
                 }
@@ -95,17 +98,17 @@ pub(crate) async fn read_head(
     tokio::time::timeout(deadline, parse).await.ok().flatten()
 }
 
-/// Writes `status` with the JSON error body and closes.
-pub(crate) async fn write_error(socket: &mut TcpStream, error: ApiError) {
-    let (status, code) = error.status_and_code();
-    let body = serde_json::json!({ "error": code, "detail": error.to_string() }).to_string();
-    let retry = if status.as_u16() == 503 {
-        "retry-after: 1\r\n"
-    } else {
-        ""
-    };
+/// Writes `status` with the JSON error body (and CORS headers) and closes.
+pub(crate) async fn write_error(socket: &mut TcpStream, error: ApiError, cors: &str) {
+    let (status, _) = error.status_and_code();
+    let body = error.body();
+    let extra: String = error
+        .extra_headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry}connection: close\r\n\r\n",
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}{cors}connection: close\r\n\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -119,23 +122,27 @@ pub(crate) async fn write_error(socket: &mut TcpStream, error: ApiError) {
 pub(crate) async fn serve_events(
     hub: &Hub,
     mut socket: TcpStream,
-    target: String,
-    last_event_id: Option<Vec<u8>>,
+    parts: Box<Parts>,
     http10: bool,
     write_timeout: Duration,
 ) {
-    let query = target.split_once('?').map(|(_, q)| q);
-    let stream = match events::prepare(hub, query, last_event_id.as_deref()).await {
+    let cors = crate::http::cors::header_lines(hub, &parts.headers);
+    let stream = match events::prepare(hub, &parts).await {
         Ok(s) => s,
-        Err(e) => return write_error(&mut socket, e).await,
+        Err(e) => return write_error(&mut socket, e, &cors).await,
     };
-    drop(target);
+    drop(parts);
     // HTTP/1.0 has no chunked encoding: the body ends when the connection does.
-    let head: &[u8] = if http10 {
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n"
+    let framing = if http10 {
+        "connection: close\r\n"
     } else {
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\n\r\n"
+        "transfer-encoding: chunked\r\n"
     };
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n{cors}{framing}\r\n"
+    );
+    drop(cors);
+    let head = head.as_bytes();
     let (mut rd, wr) = socket.split();
     // Blocked writes time out; the timer is armed only while a write is blocked.
     let mut wr = StallGuard {

@@ -1,0 +1,488 @@
+//! One test per row of docs/security.md: every credential problem, attack and
+//! abuse tried against the real binary, and what Herald answers.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+
+use herald::auth::jwt::{Claims, HeraldClaim, mint, now_secs};
+use serde_json::{Value, json};
+use support::{Herald, Sse, client, eventually, raw_get};
+
+const SECRET: &str = "0123456789abcdef-test-secret";
+const PUBLISH_KEY: &str = "publish-key-0123456789";
+
+fn token(sub: &str, subscribe: &[&str], publish: &[&str], exp_in: i64) -> String {
+    let claims = Claims {
+        sub: Some(sub.to_owned()),
+        exp: (now_secs() as i64 + exp_in) as u64,
+        nbf: None,
+        aud: None,
+        iss: None,
+        herald: HeraldClaim {
+            subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+        },
+    };
+    mint(SECRET.as_bytes(), &claims).unwrap()
+}
+
+fn hub(extra: &[&str]) -> Herald {
+    let mut args = vec![
+        "--jwt-secret",
+        SECRET,
+        "--publish-key",
+        PUBLISH_KEY,
+        "--anonymous-topics",
+        "announcements,public:*",
+    ];
+    args.extend_from_slice(extra);
+    Herald::start(&args)
+}
+
+/// GET /events with an optional bearer token; returns (status, JSON body or null).
+async fn subscribe(h: &Herald, query: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client().get(h.url(&format!("/events?{query}")));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    if status == 200 {
+        return (200, Value::Null);
+    }
+    let www = res
+        .headers()
+        .get("www-authenticate")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let mut body: Value = res.json().await.unwrap();
+    if let Some(w) = www {
+        body["www_authenticate"] = json!(w);
+    }
+    (status, body)
+}
+
+async fn publish(h: &Herald, topic: &str, bearer: Option<&str>) -> (u16, Value) {
+    let mut req = client()
+        .post(h.url("/publish"))
+        .json(&json!({"topic": topic, "data": {"x": 1}}));
+    if let Some(t) = bearer {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+fn assert_refused(got: (u16, Value), status: u16, code: &str, case: &str) {
+    assert_eq!(got.0, status, "{case}: {}", got.1);
+    assert_eq!(got.1["error"], code, "{case}: {}", got.1);
+    assert!(
+        got.1["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{case}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_problems_answer_401() {
+    let h = hub(&[]);
+    let good = token("42", &["user:{sub}"], &[], 3600);
+    assert_eq!(subscribe(&h, "topic=user:42", Some(&good)).await.0, 200);
+    let other_secret = {
+        let claims: Claims = serde_json::from_value(
+            json!({"sub": "42", "exp": now_secs() + 3600, "herald": {"subscribe": ["*"]}}),
+        )
+        .unwrap();
+        mint(b"another-secret-0123456789", &claims).unwrap()
+    };
+    let not_yet = {
+        let claims: Claims = serde_json::from_value(json!({"sub": "42", "exp": now_secs() + 3600, "nbf": now_secs() + 600, "herald": {"subscribe": ["*"]}})).unwrap();
+        mint(SECRET.as_bytes(), &claims).unwrap()
+    };
+    // alg: none, with the claims of a valid token and no signature.
+    let none = {
+        let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = good.split('.').nth(1).unwrap().to_owned();
+        format!("{header}.{payload}.")
+    };
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("missing token", None),
+        ("garbled token", Some("not.a.token".into())),
+        (
+            "expired token",
+            Some(token("42", &["user:{sub}"], &[], -3600)),
+        ),
+        ("not yet valid", Some(not_yet)),
+        ("wrong signature", Some(other_secret)),
+        ("alg none", Some(none)),
+        ("CRLF in token", Some(format!("{good}%0D%0Aevent:%20x"))),
+    ];
+    for (case, t) in cases {
+        let got = subscribe(&h, "topic=user:42", t.as_deref()).await;
+        assert_refused(got.clone(), 401, "unauthorized", case);
+        assert_eq!(got.1["www_authenticate"], "Bearer", "{case}");
+    }
+    assert!(h.metric("herald_unauthorized_total").await >= 7.0);
+    assert_eq!(h.status().await["connections"], 0, "nothing subscribed");
+}
+
+/// Base64url without padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn hs_rs_confusion_is_rejected() {
+    // The hub trusts an RSA public key; an attacker signs HS256 with that public key
+    // as the HMAC secret. The algorithm is pinned by the key type: 401.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let public = dir.path().join("public.pem");
+    let ok = Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl");
+    let h = Herald::start(&["--jwt-public-key", public.to_str().unwrap()]);
+    let claims: Claims = serde_json::from_value(
+        json!({"sub": "1", "exp": now_secs() + 3600, "herald": {"subscribe": ["*"]}}),
+    )
+    .unwrap();
+    let forged = mint(&std::fs::read(&public).unwrap(), &claims).unwrap();
+    assert_refused(
+        subscribe(&h, "topic=t", Some(&forged)).await,
+        401,
+        "unauthorized",
+        "HS256 signed with the RSA public key",
+    );
+    // A real RS256 token from the private key is accepted.
+    let real = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&key).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(subscribe(&h, "topic=t", Some(&real)).await.0, 200);
+}
+
+#[tokio::test]
+async fn topics_outside_the_token_answer_403_naming_them() {
+    let h = hub(&[]);
+    let t = token("42", &["user:{sub}", "workspace:acme:*"], &[], 3600);
+    assert_eq!(
+        subscribe(
+            &h,
+            "topic=user:42,workspace:acme:board,announcements",
+            Some(&t)
+        )
+        .await
+        .0,
+        200
+    );
+    let got = subscribe(&h, "topic=user:42,user:43,workspace:acmex", Some(&t)).await;
+    assert_refused(got.clone(), 403, "forbidden", "another user's topic");
+    assert_eq!(got.1["topics"], json!(["user:43", "workspace:acmex"]));
+    // Anonymous topics need no token; others do.
+    assert_eq!(
+        subscribe(&h, "topic=announcements,public:news", None)
+            .await
+            .0,
+        200
+    );
+    assert_refused(
+        subscribe(&h, "topic=announcements,user:42", None).await,
+        401,
+        "unauthorized",
+        "mixed anonymous",
+    );
+    assert!(h.metric("herald_forbidden_total").await >= 1.0);
+}
+
+#[tokio::test]
+async fn sub_substitution_cannot_escape_its_topic() {
+    let h = hub(&[]);
+    for sub in ["*", "1:admin", "a\nb", "x/y", "a,b"] {
+        let t = token(sub, &["user:{sub}"], &[], 3600);
+        // Whatever the subject, the pattern grants nothing: 403 on any user topic.
+        for topic in ["user:1", "user:1:admin", "user:x"] {
+            let got = subscribe(&h, &format!("topic={topic}"), Some(&t)).await;
+            assert_eq!(got.0, 403, "sub {sub:?} topic {topic}: {}", got.1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn wildcard_subscriptions_are_not_topics() {
+    let h = hub(&[]);
+    let t = token("42", &["*"], &[], 3600);
+    for q in ["topic=*", "topic=user:*", "topic=a*b"] {
+        assert_refused(subscribe(&h, q, Some(&t)).await, 400, "bad_topic", q);
+    }
+}
+
+#[tokio::test]
+async fn token_from_header_cookie_or_query() {
+    let h = hub(&["--jwt-cookie", "herald_token"]);
+    let t = token("7", &["user:{sub}"], &[], 3600);
+    assert_eq!(subscribe(&h, "topic=user:7", Some(&t)).await.0, 200);
+    let res = client()
+        .get(h.url("/events?topic=user:7"))
+        .header("cookie", format!("other=1; herald_token={t}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "cookie");
+    drop(res);
+    assert_eq!(
+        subscribe(&h, &format!("topic=user:7&access_token={t}"), None)
+            .await
+            .0,
+        200,
+        "query"
+    );
+    // The query token is never logged.
+    let log = h.log.lock().unwrap().join("\n");
+    assert!(!log.contains(&t), "token in the log");
+}
+
+#[tokio::test]
+async fn stream_ends_when_the_token_expires() {
+    let h = hub(&[]);
+    // exp in 1 s; the leeway is 5 s, so the stream ends about 6 s later.
+    let t = token("7", &["user:{sub}"], &[], 1);
+    let mut req = client()
+        .get(h.url("/events?topic=user:7"))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(req.status(), 200);
+    let mut body = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(support::DEADLINE, req.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.trim_end().ends_with("retry: 2000"),
+        "ends with a retry hint: {text}"
+    );
+}
+
+#[tokio::test]
+async fn publishing_needs_a_key_or_publish_rights() {
+    let h = hub(&[]);
+    assert_refused(
+        publish(&h, "user:1", None).await,
+        401,
+        "unauthorized",
+        "no credentials",
+    );
+    assert_refused(
+        publish(&h, "user:1", Some("wrong-key-0123456789")).await,
+        401,
+        "unauthorized",
+        "wrong key",
+    );
+    assert_eq!(
+        publish(&h, "user:1", Some(PUBLISH_KEY)).await.0,
+        200,
+        "publish key"
+    );
+    let writer = token("svc", &[], &["user:*"], 3600);
+    assert_eq!(
+        publish(&h, "user:1", Some(&writer)).await.0,
+        200,
+        "publish rights"
+    );
+    let got = publish(&h, "admin:1", Some(&writer)).await;
+    assert_refused(got.clone(), 403, "forbidden", "outside publish rights");
+    assert_eq!(got.1["topics"], json!(["admin:1"]));
+    let reader = token("42", &["*"], &[], 3600);
+    assert_refused(
+        publish(&h, "user:1", Some(&reader)).await,
+        403,
+        "forbidden",
+        "subscribe-only token",
+    );
+    assert_refused(
+        publish(&h, "announcements", Some(&reader)).await,
+        403,
+        "forbidden",
+        "anonymous topics are not publishable",
+    );
+    assert_eq!(
+        h.status().await["events_published"],
+        2,
+        "only the allowed publishes"
+    );
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers() {
+    let h = hub(&["--cors-origin", "https://app.example.com"]);
+    let pre = |origin: &'static str| {
+        client()
+            .request(
+                reqwest::Method::OPTIONS,
+                h.url("/events?topic=announcements"),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "last-event-id")
+            .send()
+    };
+    let ok = pre("https://app.example.com").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
+    assert!(
+        ok.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("last-event-id")
+    );
+    let bad = pre("https://evil.example").await.unwrap();
+    assert_eq!(bad.status(), 403);
+    assert!(bad.headers().get("access-control-allow-origin").is_none());
+    let body: Value = bad.json().await.unwrap();
+    assert_eq!(body["error"], "cors_origin_not_allowed");
+    assert_eq!(h.metric("herald_cors_rejected_total").await, 1.0);
+    // The event stream itself carries the header for the allowed origin only.
+    let out = raw_get(h.addr, "GET /events?topic=announcements HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example.com\r\n\r\n", "id: ").await;
+    assert!(
+        out.contains("access-control-allow-origin: https://app.example.com\r\n"),
+        "{out}"
+    );
+    let out = raw_get(h.addr, "GET /events?topic=announcements HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n", "id: ").await;
+    assert!(!out.contains("access-control-allow-origin"), "{out}");
+    // `*` allows any origin, without credentials.
+    let any = Herald::start(&["--cors-origin", "*"]);
+    let res = client()
+        .get(any.url("/status"))
+        .header("origin", "https://x.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(
+        res.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited() {
+    let h = hub(&["--max-connections-per-ip", "2"]);
+    let a = Sse::open(&h.url("/events?topic=announcements"), None).await;
+    let _b = Sse::open(&h.url("/events?topic=announcements"), None).await;
+    let got = subscribe(&h, "topic=announcements", None).await;
+    assert_refused(
+        got,
+        429,
+        "too_many_connections",
+        "third stream from one address",
+    );
+    assert_eq!(
+        h.metric("herald_connections_per_ip_rejected_total").await,
+        1.0
+    );
+    drop(a);
+    eventually("a slot frees up", || async {
+        h.status().await["connections"] == 1
+    })
+    .await;
+    let _c = Sse::open(&h.url("/events?topic=announcements"), None).await;
+}
+
+#[tokio::test]
+async fn oversized_query_gets_431() {
+    let h = hub(&[]);
+    let q = "t".repeat(20 * 1024);
+    let out = raw_get(
+        h.addr,
+        &format!("GET /events?topic={q} HTTP/1.1\r\nHost: x\r\n\r\n"),
+        "}",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 431"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+}
+
+#[test]
+fn refuses_to_start_open_on_a_public_address() {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without authentication") && err.contains("--insecure-no-auth"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn insecure_no_auth_and_minted_tokens_work() {
+    let open = Herald::start(&["--insecure-no-auth"]);
+    assert_eq!(subscribe(&open, "topic=x", None).await.0, 200);
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args([
+            "token",
+            "--secret",
+            SECRET,
+            "--sub",
+            "42",
+            "--subscribe",
+            "user:{sub}",
+            "--ttl",
+            "1h",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let h = hub(&[]);
+    assert_eq!(subscribe(&h, "topic=user:42", Some(&minted)).await.0, 200);
+    assert_eq!(subscribe(&h, "topic=user:43", Some(&minted)).await.0, 403);
+}

@@ -1,0 +1,350 @@
+//! The hub's authorizer: JWTs for subscribers and publishers, static keys for
+//! trusted backends, anonymous topics for everyone.
+//!
+//! - **Keys and algorithms.** A shared secret means HS256; a PEM public key means
+//!   RS256, ES256 or EdDSA, by the key's type. The algorithm is pinned by the key,
+//!   never taken from the token's header: `alg: none` and HS/RS confusion fail.
+//! - **Claims.** `exp` is required, `nbf` is checked, both with a 5 s leeway;
+//!   `aud`/`iss` when configured. Rights are in a `herald` claim:
+//!   `{"herald": {"subscribe": ["user:{sub}", "workspace:acme:*"], "publish": ["*"]}}`,
+//!   with `{sub}` replaced by the token's `sub` (see [`Pattern`]).
+//! - **Where the token comes from.** `Authorization: Bearer <token>`, else the
+//!   configured cookie, else (subscribe only) the `access_token` query parameter,
+//!   for cross-site `EventSource`, which cannot send headers. A query token can end
+//!   up in proxy and browser history logs: prefer the cookie when the page and the
+//!   hub share a site. Herald never logs tokens.
+//! - **Which side is guarded.** Subscribing needs a token (or an anonymous topic)
+//!   when a JWT key is configured; publishing needs a publish key or a token with
+//!   `publish` rights when a JWT key or a publish key is configured.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{AuthError, Authorize, Decision, Pattern, PatternError};
+use crate::backend::BoxFuture;
+use crate::event::Topic;
+
+/// Leeway for `exp` and `nbf`, for clocks that differ a little.
+const LEEWAY_SECS: u64 = 5;
+
+/// How tokens are checked.
+#[derive(Debug, Clone)]
+pub enum JwtKey {
+    /// A shared secret: HS256.
+    Secret(Vec<u8>),
+    /// A PEM public key: RS256 (RSA), ES256 (EC P-256) or EdDSA (Ed25519).
+    PublicKeyPem(Vec<u8>),
+}
+
+/// Settings of [`JwtAuthorizer`].
+#[derive(Debug, Clone, Default)]
+pub struct JwtConfig {
+    /// Checks subscriber and publisher tokens; `None`: no tokens accepted.
+    pub key: Option<JwtKey>,
+    /// Required `aud`, if any.
+    pub audience: Option<String>,
+    /// Required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Cookie that may carry the token.
+    pub cookie: Option<String>,
+    /// Patterns anyone may subscribe to.
+    pub anonymous_topics: Vec<String>,
+    /// Static bearer keys that may publish anywhere.
+    pub publish_keys: Vec<String>,
+}
+
+/// The authorizer could not be set up.
+#[derive(Debug, Error)]
+pub enum JwtSetupError {
+    /// The key cannot be read.
+    #[error("invalid JWT key: {0}")]
+    BadKey(String),
+    /// An anonymous-topic pattern is invalid.
+    #[error(transparent)]
+    BadPattern(#[from] PatternError),
+    /// A publish key is too short to be a secret.
+    #[error("publish keys must be at least 16 characters")]
+    WeakPublishKey,
+}
+
+/// The `herald` claim.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeraldClaim {
+    /// Patterns the bearer may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Patterns the bearer may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// The claims Herald reads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// The subject, for `{sub}` in patterns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Expiry (seconds since the Unix epoch).
+    pub exp: u64,
+    /// Not before (seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// Issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Herald rights.
+    #[serde(default)]
+    pub herald: HeraldClaim,
+}
+
+/// See the module docs.
+pub struct JwtAuthorizer {
+    key: Option<(DecodingKey, Validation)>,
+    cookie: Option<String>,
+    anonymous: Vec<Pattern>,
+    publish_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for JwtAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print keys.
+        f.debug_struct("JwtAuthorizer")
+            .field("jwt", &self.key.as_ref().map(|(_, v)| &v.algorithms))
+            .field("cookie", &self.cookie)
+            .field("anonymous", &self.anonymous)
+            .field("publish_keys", &self.publish_keys.len())
+            .finish()
+    }
+}
+
+fn decoding_key(key: &JwtKey) -> Result<(DecodingKey, Algorithm), JwtSetupError> {
+    match key {
+        JwtKey::Secret(s) => {
+            if s.len() < 16 {
+                return Err(JwtSetupError::BadKey(
+                    "an HS256 secret must be at least 16 bytes".into(),
+                ));
+            }
+            Ok((DecodingKey::from_secret(s), Algorithm::HS256))
+        }
+        JwtKey::PublicKeyPem(pem) => DecodingKey::from_rsa_pem(pem)
+            .map(|k| (k, Algorithm::RS256))
+            .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)))
+            .or_else(|_| DecodingKey::from_ed_pem(pem).map(|k| (k, Algorithm::EdDSA)))
+            .map_err(|e| {
+                JwtSetupError::BadKey(format!("not an RSA, EC or Ed25519 public key in PEM: {e}"))
+            }),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn query_token(parts: &Parts) -> Option<String> {
+    form_urlencoded::parse(parts.uri.query()?.as_bytes())
+        .find(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Compares without an early exit, so timing does not reveal a key's prefix.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl JwtAuthorizer {
+    /// Builds the authorizer.
+    pub fn new(config: &JwtConfig) -> Result<Self, JwtSetupError> {
+        let key = match &config.key {
+            None => None,
+            Some(k) => {
+                let (key, alg) = decoding_key(k)?;
+                let mut v = Validation::new(alg);
+                v.leeway = LEEWAY_SECS;
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&["exp"]);
+                match &config.audience {
+                    Some(aud) => v.set_audience(&[aud]),
+                    None => v.validate_aud = false,
+                }
+                if let Some(iss) = &config.issuer {
+                    v.set_issuer(&[iss]);
+                }
+                Some((key, v))
+            }
+        };
+        if config.publish_keys.iter().any(|k| k.len() < 16) {
+            return Err(JwtSetupError::WeakPublishKey);
+        }
+        let anonymous = config
+            .anonymous_topics
+            .iter()
+            .map(|p| Pattern::parse(p, None))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            key,
+            cookie: config.cookie.clone(),
+            anonymous,
+            publish_keys: config.publish_keys.clone(),
+        })
+    }
+
+    /// Whether anything is guarded (a JWT key or a publish key).
+    pub fn is_enabled(&self) -> bool {
+        self.key.is_some() || !self.publish_keys.is_empty()
+    }
+
+    fn claims(&self, token: &str) -> Result<Claims, AuthError> {
+        let Some((key, validation)) = &self.key else {
+            return Err(AuthError::Unauthenticated(
+                "tokens are not accepted by this hub".into(),
+            ));
+        };
+        jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map(|d| d.claims)
+            .map_err(|e| AuthError::Unauthenticated(format!("invalid token: {e}")))
+    }
+
+    fn decide(&self, claims: Option<&Claims>, patterns: &[String], topics: &[Topic]) -> Decision {
+        let granted: Vec<Pattern> = claims
+            .map(|c| {
+                patterns
+                    .iter()
+                    .filter_map(|p| Pattern::parse(p, c.sub.as_deref()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Decision {
+            allowed: topics
+                .iter()
+                .map(|t| granted.iter().chain(&self.anonymous).any(|p| p.matches(t)))
+                .collect(),
+            expires_at: claims
+                .map(|c| UNIX_EPOCH + Duration::from_secs(c.exp.saturating_add(LEEWAY_SECS))),
+        }
+    }
+}
+
+impl Authorize for JwtAuthorizer {
+    fn subscribe<'a>(
+        &'a self,
+        request: &'a Parts,
+        topics: &'a [Topic],
+    ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+        let result = (|| {
+            if self.key.is_none() {
+                return Ok(Decision::allow_all(topics.len()));
+            }
+            let token = bearer(&request.headers)
+                .map(str::to_owned)
+                .or_else(|| {
+                    self.cookie
+                        .as_deref()
+                        .and_then(|c| cookie(&request.headers, c))
+                        .map(str::to_owned)
+                })
+                .or_else(|| query_token(request));
+            match token {
+                Some(t) => {
+                    let claims = self.claims(&t)?;
+                    Ok(self.decide(Some(&claims), &claims.herald.subscribe, topics))
+                }
+                None => {
+                    let d = self.decide(None, &[], topics);
+                    if d.allowed.iter().all(|&a| a) {
+                        Ok(d)
+                    } else {
+                        Err(AuthError::Unauthenticated(
+                            "a token is required for these topics (Authorization: Bearer, cookie, or access_token)".into(),
+                        ))
+                    }
+                }
+            }
+        })();
+        Box::pin(std::future::ready(result))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        request: &'a Parts,
+        topics: &'a [Topic],
+    ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+        let result = (|| {
+            if !self.is_enabled() {
+                return Ok(Decision::allow_all(topics.len()));
+            }
+            let token = bearer(&request.headers).or_else(|| {
+                self.cookie
+                    .as_deref()
+                    .and_then(|c| cookie(&request.headers, c))
+            });
+            let Some(token) = token else {
+                return Err(AuthError::Unauthenticated(
+                    "publishing needs a publish key or a token (Authorization: Bearer)".into(),
+                ));
+            };
+            if self.publish_keys.iter().any(|k| same(k, token)) {
+                return Ok(Decision::allow_all(topics.len()));
+            }
+            let claims = self.claims(token)?;
+            let mut d = self.decide(Some(&claims), &claims.herald.publish, topics);
+            // Anonymous topics are for subscribing only.
+            d.allowed = topics
+                .iter()
+                .map(|t| {
+                    claims
+                        .herald
+                        .publish
+                        .iter()
+                        .filter_map(|p| Pattern::parse(p, claims.sub.as_deref()).ok())
+                        .any(|p| p.matches(t))
+                })
+                .collect();
+            Ok(d)
+        })();
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// Mints a token (for tests and `herald token`).
+pub fn mint(key: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(key),
+    )
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
