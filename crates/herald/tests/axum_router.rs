@@ -58,3 +58,55 @@ async fn events_and_errors_through_axum_serve() {
     assert!(err.starts_with("HTTP/1.1 400"), "{err}");
     assert!(err.contains(r#""error":"no_topic""#), "{err}");
 }
+
+#[tokio::test]
+async fn authorize_hook_from_a_closure() {
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    // The app's own rule: a user (set by its auth middleware; a header here) may
+    // read its own topic and the announcements.
+    assert!(hub.set_authorizer(herald::auth::from_fn(|request, topic| {
+        let user = request.headers.get("x-user").and_then(|v| v.to_str().ok());
+        topic.as_str() == "announcements"
+            || user.is_some_and(|u| topic.as_str() == format!("user:{u}"))
+    })));
+    assert!(
+        !hub.set_authorizer(herald::auth::from_fn(|_, _| true)),
+        "set once"
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().merge(hub.router());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut ok = TcpStream::connect(addr).await.unwrap();
+    ok.write_all(
+        b"GET /events?topic=user:7,announcements HTTP/1.1\r\nHost: x\r\nX-User: 7\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_until(&mut ok, "id: ")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let mut denied = TcpStream::connect(addr).await.unwrap();
+    denied
+        .write_all(b"GET /events?topic=user:8,announcements HTTP/1.1\r\nHost: x\r\nX-User: 7\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut denied, "}").await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    assert!(out.contains(r#""topics":["user:8"]"#), "{out}");
+    // Publishing through the route follows the same rule; hub.publish() is trusted code.
+    let mut p = TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"topic":"user:8","data":1}"#;
+    p.write_all(
+        format!("POST /publish HTTP/1.1\r\nHost: x\r\nX-User: 7\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(read_until(&mut p, "}").await.starts_with("HTTP/1.1 403"));
+    assert!(hub.publish("user:8", "n", &1).await.is_ok());
+}
