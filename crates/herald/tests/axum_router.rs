@@ -110,3 +110,42 @@ async fn authorize_hook_from_a_closure() {
     assert!(read_until(&mut p, "}").await.starts_with("HTTP/1.1 403"));
     assert!(hub.publish("user:8", "n", &1).await.is_ok());
 }
+
+#[tokio::test]
+async fn authorize_hook_from_an_async_closure() {
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    hub.set_authorizer(herald::auth::from_async_fn(|request, topics| async move {
+        let Some(user) = request
+            .headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+        else {
+            return Err(herald::auth::AuthError::Unauthenticated(
+                "log in first".into(),
+            ));
+        };
+        Ok(topics
+            .iter()
+            .map(|t| t.as_str() == format!("user:{user}"))
+            .collect())
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().merge(hub.router());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    for (headers, status) in [("", "401"), ("X-User: 7\r\n", "403")] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /events?topic=user:8 HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let out = read_until(&mut s, "}").await;
+        assert!(out.starts_with(&format!("HTTP/1.1 {status}")), "{out}");
+    }
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events?topic=user:8 HTTP/1.1\r\nHost: x\r\nX-User: 8\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until(&mut s, "id: ").await.starts_with("HTTP/1.1 200"));
+}

@@ -89,6 +89,57 @@ where
     FnAuthorizer(Arc::new(f))
 }
 
+/// An authorizer from an async function of the request and all its topics (one
+/// database lookup can decide many topics); used for subscribe and publish.
+///
+/// ```
+/// use herald::auth::{from_async_fn, AuthError};
+/// let auth = from_async_fn(|request, topics| async move {
+///     let Some(user) = request.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+///         return Err(AuthError::Unauthenticated("log in first".into()));
+///     };
+///     // e.g. one query: SELECT topic FROM grants WHERE user = $1 AND topic = ANY($2)
+///     Ok(topics.iter().map(|t| t.as_str() == format!("user:{user}")).collect())
+/// });
+/// # let _ = auth;
+/// ```
+pub fn from_async_fn<F, Fut>(f: F) -> AsyncFnAuthorizer<F>
+where
+    F: Fn(Parts, Vec<Topic>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Vec<bool>, AuthError>> + Send + 'static,
+{
+    AsyncFnAuthorizer(Arc::new(f))
+}
+
+/// See [`from_async_fn`].
+pub struct AsyncFnAuthorizer<F>(Arc<F>);
+
+impl<F> std::fmt::Debug for AsyncFnAuthorizer<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AsyncFnAuthorizer")
+    }
+}
+
+impl<F, Fut> Authorize for AsyncFnAuthorizer<F>
+where
+    F: Fn(Parts, Vec<Topic>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Vec<bool>, AuthError>> + Send + 'static,
+{
+    fn subscribe<'a>(
+        &'a self,
+        request: &'a Parts,
+        topics: &'a [Topic],
+    ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+        let fut = (self.0)(request.clone(), topics.to_vec());
+        Box::pin(async move {
+            Ok(Decision {
+                allowed: fut.await?,
+                expires_at: None,
+            })
+        })
+    }
+}
+
 /// See [`from_fn`].
 pub struct FnAuthorizer<F>(Arc<F>);
 
