@@ -149,3 +149,73 @@ async fn authorize_hook_from_an_async_closure() {
         .unwrap();
     assert!(read_until(&mut s, "id: ").await.starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn publish_response_layer_publishes_successful_json_responses() {
+    use axum::http::StatusCode;
+    use axum::routing::post;
+
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    async fn update(
+        axum::extract::Path(id): axum::extract::Path<u64>,
+    ) -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({"id": id, "status": "closed", "note": "a  b"}))
+    }
+    async fn refuse() -> (StatusCode, axum::Json<serde_json::Value>) {
+        (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"error": "locked"})),
+        )
+    }
+    let app = axum::Router::new()
+        .route(
+            "/tickets/{id}/status",
+            post(update).layer(hub.publish_response("ticket:{id}", "ticket_status_changed")),
+        )
+        .route(
+            "/tickets/{id}/lock",
+            post(refuse).layer(hub.publish_response("ticket:{id}", "ticket_locked")),
+        )
+        .merge(hub.router());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut sub = TcpStream::connect(addr).await.unwrap();
+    sub.write_all(b"GET /events?topic=ticket:7 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut sub, "id: ").await;
+
+    let post = |path: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    // A refused request publishes nothing and its response is untouched.
+    let refused = post("/tickets/7/lock").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 409") && refused.ends_with(r#"{"error":"locked"}"#),
+        "{refused}"
+    );
+    assert_eq!(hub.status().events_published, 0);
+    // A successful one reaches the caller unchanged, and the subscribers.
+    let ok = post("/tickets/7/status").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        ok.ends_with(r#"{"id":7,"note":"a  b","status":"closed"}"#),
+        "{ok}"
+    );
+    let got = read_until(&mut sub, "data: {").await;
+    assert!(got.contains("event: ticket_status_changed\ndata: {\"id\":7,\"note\":\"a  b\",\"status\":\"closed\"}\n"), "{got}");
+    assert_eq!(hub.status().events_published, 1);
+}

@@ -4,9 +4,11 @@ pub(crate) mod cors;
 mod error;
 pub(crate) mod events;
 mod publish;
+mod publish_layer;
 
 pub use error::ApiError;
 pub use publish::MAX_BATCH;
+pub use publish_layer::{PublishResponse, PublishResponseLayer};
 
 use axum::Json;
 use axum::Router;
