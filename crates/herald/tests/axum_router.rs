@@ -3,25 +3,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
+mod common;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn read_until(s: &mut TcpStream, needle: &str) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !String::from_utf8_lossy(&buf).contains(needle) {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
-}
+use common::read_until;
 
 #[tokio::test]
 async fn events_and_errors_through_axum_serve() {

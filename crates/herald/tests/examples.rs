@@ -2,12 +2,15 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use common::read_until;
 
 /// `target/<profile>/examples/<name>`. `cargo test` builds examples before running
 /// tests; when only this test target was asked for, build the example here.
@@ -23,21 +26,6 @@ fn example(name: &str) -> std::path::PathBuf {
         dir.pop();
     }
     dir.join("examples").join(name)
-}
-
-async fn read_until(s: &mut TcpStream, needle: &str) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !String::from_utf8_lossy(&buf).contains(needle) {
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await
-    .unwrap();
-    String::from_utf8_lossy(&buf).into_owned()
 }
 
 #[tokio::test]

@@ -310,6 +310,33 @@ impl RedisBackend {
         args
     }
 
+    /// Runs `publish.lua` for `events` (all in one slot on a Cluster); returns the IDs.
+    async fn run_script(
+        &self,
+        fixed: &[String; 3],
+        events: &[Event],
+    ) -> Result<Vec<String>, BackendError> {
+        let keys = &self.shared.keys;
+        let k: Vec<String> = events
+            .iter()
+            .flat_map(|e| {
+                [
+                    keys.stream(&e.topic),
+                    keys.channel(&e.topic),
+                    keys.horizon(&e.topic),
+                ]
+            })
+            .collect();
+        let args = self.script_args(fixed, events);
+        let v = self
+            .shared
+            .commands
+            .invoke(&self.publish_script, &k, &args)
+            .await
+            .map_err(unavailable)?;
+        redis::from_redis_value(v).map_err(unavailable)
+    }
+
     async fn publish_strict(&self, events: &[Event]) -> Result<Vec<Position>, BackendError> {
         let fixed = [
             self.retention_events.to_string(),
@@ -321,44 +348,15 @@ impl RedisBackend {
             }
             .to_owned(),
         ];
-        let keys = &self.shared.keys;
         let mut ids: Vec<String> = Vec::with_capacity(events.len());
         if self.shared.cluster {
             // One call per event, on its topic's shard, in batch order.
             for e in events {
-                let k = [
-                    keys.stream(&e.topic),
-                    keys.channel(&e.topic),
-                    keys.horizon(&e.topic),
-                ];
-                let args = self.script_args(&fixed, std::slice::from_ref(e));
-                let v = self
-                    .shared
-                    .commands
-                    .invoke(&self.publish_script, &k, &args)
-                    .await
-                    .map_err(unavailable)?;
-                ids.extend(redis::from_redis_value::<Vec<String>>(v).map_err(unavailable)?);
+                ids.extend(self.run_script(&fixed, std::slice::from_ref(e)).await?);
             }
         } else {
-            let k: Vec<String> = events
-                .iter()
-                .flat_map(|e| {
-                    [
-                        keys.stream(&e.topic),
-                        keys.channel(&e.topic),
-                        keys.horizon(&e.topic),
-                    ]
-                })
-                .collect();
-            let args = self.script_args(&fixed, events);
-            let v = self
-                .shared
-                .commands
-                .invoke(&self.publish_script, &k, &args)
-                .await
-                .map_err(unavailable)?;
-            ids = redis::from_redis_value(v).map_err(unavailable)?;
+            // One atomic call for the whole batch.
+            ids = self.run_script(&fixed, events).await?;
         }
         ids.iter()
             .map(|id| {
