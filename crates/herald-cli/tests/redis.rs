@@ -578,3 +578,44 @@ async fn library_fail_open_publish_logs_counts_and_succeeds() {
         Err(herald::PublishError::Backend(_))
     ));
 }
+
+/// `Hub::has_subscriber` answers for every instance: a subscriber on instance A is
+/// seen from a library hub B sharing the Redis (single node and Cluster).
+async fn has_subscriber_across_instances(urls: Vec<String>, cluster: bool, args: &[String]) {
+    let a = on_redis(args, &[]);
+    let b = herald::Hub::with_redis(
+        herald::HubConfig::default(),
+        herald::RedisConfig {
+            urls,
+            cluster,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!b.has_subscriber("session:abc").await.unwrap());
+    let s = Sse::open(&a.url("/events?topic=session:abc"), None).await;
+    assert!(b.has_subscriber("session:abc").await.unwrap());
+    assert!(!b.has_subscriber("session:other").await.unwrap());
+    drop(s);
+    eventually("the subscriber is gone everywhere", || async {
+        !b.has_subscriber("session:abc").await.unwrap()
+    })
+    .await;
+    assert!(b.has_subscriber("bad topic").await.is_err());
+}
+
+#[tokio::test]
+async fn has_subscriber_sees_other_instances() {
+    let r = Redis::start();
+    has_subscriber_across_instances(vec![r.url()], false, &redis_args(&r)).await;
+}
+
+#[tokio::test]
+async fn has_subscriber_sees_other_instances_on_a_cluster() {
+    let c = Cluster::start();
+    let mut args = c.url_args();
+    args.push("--redis-cluster".into());
+    let urls = c.nodes.iter().map(|n| n.url()).collect();
+    has_subscriber_across_instances(urls, true, &args).await;
+}

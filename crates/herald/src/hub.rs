@@ -270,6 +270,13 @@ impl Hub {
         Ok(positions)
     }
 
+    /// Whether any subscriber, on this instance or (with Redis) any other, listens
+    /// to `topic` now: e.g. to skip work nobody would be notified of.
+    pub async fn has_subscriber(&self, topic: &str) -> Result<bool, PublishError> {
+        let topic = Topic::new(topic)?;
+        Ok(self.inner.backend.has_subscriber(&topic).await?)
+    }
+
     /// Ends every open stream with a `retry:` hint (clients reconnect, elsewhere if
     /// a load balancer sends them there). New streams are refused with 503 after this.
     pub fn shutdown(&self) {

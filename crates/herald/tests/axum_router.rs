@@ -206,3 +206,28 @@ async fn publish_response_layer_publishes_successful_json_responses() {
     assert!(got.contains("event: ticket_status_changed\ndata: {\"id\":7,\"note\":\"a  b\",\"status\":\"closed\"}\n"), "{got}");
     assert_eq!(hub.status().events_published, 1);
 }
+
+#[tokio::test]
+async fn has_subscriber_follows_streams() {
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().merge(hub.router());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert!(!hub.has_subscriber("session:1").await.unwrap());
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events?topic=session:1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, "id: ").await;
+    assert!(hub.has_subscriber("session:1").await.unwrap());
+    drop(s);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while hub.has_subscriber("session:1").await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "subscriber never released"
+        );
+        tokio::task::yield_now().await;
+    }
+}

@@ -196,6 +196,10 @@ impl Backend for MemoryBackend {
 
     fn release(&self, _topic: &Topic) {}
 
+    fn has_subscriber<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(std::future::ready(Ok(self.fanout.has_subscribers(topic))))
+    }
+
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(std::future::ready(true))
     }

@@ -83,6 +83,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// stops listening for it when the fanout has none left.
     fn release(&self, topic: &Topic);
 
+    /// Whether any instance has a subscriber on `topic` right now.
+    fn has_subscriber<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<bool, BackendError>>;
+
     /// Whether the backend can take publishes now (`/health/ready`).
     fn ready(&self) -> BoxFuture<'_, bool>;
 

@@ -490,6 +490,33 @@ impl Backend for RedisBackend {
             .send(subscriber::Command::Release(topic.clone()));
     }
 
+    fn has_subscriber<'a>(&'a self, topic: &'a Topic) -> BoxFuture<'a, Result<bool, BackendError>> {
+        Box::pin(async move {
+            if self.shared.fanout.has_subscribers(topic) {
+                return Ok(true);
+            }
+            // Every instance subscribes a topic's channel while it has local
+            // subscribers, so Redis's count of the channel's subscribers answers
+            // for the whole deployment.
+            let channel = self.shared.keys.channel(topic);
+            let cmd = if self.shared.cluster {
+                "SHARDNUMSUB"
+            } else {
+                "NUMSUB"
+            };
+            let mut c = redis::cmd("PUBSUB");
+            c.arg(cmd).arg(&channel);
+            // A node answers [channel, count]; a Cluster client sums every node's.
+            let counts: std::collections::HashMap<String, u64> = match self.shared.commands.clone()
+            {
+                Commands::Single(mut conn) => c.query_async(&mut conn).await,
+                Commands::Cluster(mut conn) => c.query_async(&mut conn).await,
+            }
+            .map_err(unavailable)?;
+            Ok(counts.values().any(|&n| n > 0))
+        })
+    }
+
     fn ready(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move {
             self.shared.subscribed.load(Ordering::Relaxed)
