@@ -186,13 +186,7 @@ async fn redis_restart_is_survived_without_restarting_herald() {
     }
     r.stop();
     eventually("not ready while Redis is down", || async {
-        client()
-            .get(h.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 503
+        ready_status(&h).await == 503
     })
     .await;
     let res = client().get(h.url("/health/ready")).send().await.unwrap();
@@ -211,16 +205,7 @@ async fn redis_restart_is_survived_without_restarting_herald() {
     assert_eq!(res.status(), 503);
 
     r.restart();
-    eventually("ready again", || async {
-        client()
-            .get(h.url("/health/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-    })
-    .await;
+    eventually("ready again", || async { ready_status(&h).await == 200 }).await;
     h.send("t", "n", json!("after")).await;
     assert_eq!(
         next_data(&mut s).await,
@@ -238,6 +223,17 @@ async fn redis_restart_is_survived_without_restarting_herald() {
     }
     assert_eq!(next_data(&mut again).await, json!("after"));
     assert!(h.metric("herald_redis_reconnects_total").await >= 1.0);
+}
+
+/// The status of `/health/ready`.
+async fn ready_status(h: &Herald) -> u16 {
+    client()
+        .get(h.url("/health/ready"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 /// The next event that is not a heartbeat.
