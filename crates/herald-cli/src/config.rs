@@ -191,6 +191,20 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub(crate) max_connections_per_ip: usize,
 
+    /// A topic every stream receives without asking or being authorized for it
+    /// (publish to it to reach every connection).
+    #[arg(long, env = "HERALD_BROADCAST_TOPIC")]
+    pub(crate) broadcast_topic: Option<String>,
+
+    /// Topics starting with this prefix are exclusive (repeatable, e.g. session:):
+    /// a new stream on one replaces the one holding it, on any instance.
+    #[arg(
+        long = "exclusive-prefix",
+        env = "HERALD_EXCLUSIVE_PREFIX",
+        value_delimiter = ','
+    )]
+    pub(crate) exclusive_prefix: Vec<String>,
+
     /// A write blocked this long (the client stopped reading) closes its connection.
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub(crate) write_timeout: Duration,
@@ -265,6 +279,8 @@ impl Serve {
             retention_ttl: self.retention_ttl,
             cors_origins: self.cors_origin.clone(),
             max_connections_per_ip: self.max_connections_per_ip,
+            broadcast_topic: self.broadcast_topic.clone(),
+            exclusive_prefixes: self.exclusive_prefix.clone(),
         }
     }
 }

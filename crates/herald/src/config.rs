@@ -33,6 +33,14 @@ pub struct HubConfig {
     /// Open streams allowed from one client address (0: no limit); enforced by
     /// [`Hub::serve`](crate::Hub::serve).
     pub max_connections_per_ip: usize,
+    /// A topic every stream receives on top of the topics it asked for, without
+    /// asking or being authorized for it: what [`Hub::broadcast`](crate::Hub::broadcast)
+    /// publishes to. `None` (the default): no broadcast topic.
+    pub broadcast_topic: Option<String>,
+    /// Topics starting with one of these prefixes (e.g. `session:`) are exclusive: a
+    /// new stream on such a topic replaces the one that had it, on any instance.
+    /// The replaced stream gets `herald.replaced` and ends.
+    pub exclusive_prefixes: Vec<String>,
 }
 
 impl Default for HubConfig {
@@ -49,6 +57,8 @@ impl Default for HubConfig {
             retention_ttl: Duration::from_secs(3600),
             cors_origins: Vec::new(),
             max_connections_per_ip: 0,
+            broadcast_topic: None,
+            exclusive_prefixes: Vec::new(),
         }
     }
 }
@@ -130,7 +140,30 @@ impl HubConfig {
                 o.clone(),
             );
         }
+        if let Some(t) = &self.broadcast_topic
+            && crate::Topic::new(t).is_err()
+        {
+            return err("broadcast_topic", "a valid topic name", format!("{t:?}"));
+        }
+        if let Some(p) = self
+            .exclusive_prefixes
+            .iter()
+            .find(|p| crate::Topic::new(p).is_err())
+        {
+            return err(
+                "exclusive_prefixes",
+                "non-empty prefixes of topic-name characters",
+                format!("{p:?}"),
+            );
+        }
         Ok(())
+    }
+
+    /// Whether `topic` is exclusive (one stream at a time, across instances).
+    pub fn is_exclusive(&self, topic: &str) -> bool {
+        self.exclusive_prefixes
+            .iter()
+            .any(|p| topic.starts_with(p.as_str()))
     }
 
     /// Largest publish request body: a batch of up to 16 maximal events, and never

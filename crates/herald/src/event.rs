@@ -19,6 +19,10 @@ pub const MAX_EVENT_NAME_LEN: usize = 100;
 /// (such as `herald.reset`); publishers cannot use them.
 pub const RESERVED_EVENT_PREFIX: &str = "herald.";
 
+/// The marker a stream publishes when it takes an exclusive topic: streams that
+/// held the topic before end with `herald.replaced`. Never written to clients.
+pub(crate) const TAKEOVER: &str = "herald.takeover";
+
 /// A name or value that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum NameError {
@@ -114,6 +118,21 @@ impl EventName {
             return Err(NameError::ReservedEventName(name.to_owned()));
         }
         Ok(Self(name.into()))
+    }
+
+    /// A name read back from the backend, where the hub's own reserved names
+    /// (such as [`TAKEOVER`]) are stored too.
+    pub(crate) fn stored(name: &str) -> Result<Self, NameError> {
+        if valid_name(name, MAX_EVENT_NAME_LEN) {
+            Ok(Self(name.into()))
+        } else {
+            Err(NameError::EventName(name.to_owned()))
+        }
+    }
+
+    /// The hub's own `herald.takeover` marker (see [`TAKEOVER`]).
+    pub(crate) fn takeover() -> Self {
+        Self(TAKEOVER.into())
     }
 
     /// The default event name, `message`: what `EventSource.onmessage` receives.

@@ -45,6 +45,9 @@ pub enum PublishError {
     /// The backend could not take the events.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// [`Hub::broadcast`] was called on a hub without a broadcast topic.
+    #[error("this hub has no broadcast topic (set HubConfig::broadcast_topic)")]
+    NoBroadcastTopic,
 }
 
 /// A hub could not start.
@@ -205,6 +208,10 @@ impl Hub {
         self.inner.authorizer.set(Arc::new(authorizer)).is_ok()
     }
 
+    pub(crate) fn set_authorizer_arc(&self, authorizer: Arc<dyn Authorize>) -> bool {
+        self.inner.authorizer.set(authorizer).is_ok()
+    }
+
     /// Counts a refused request in the metric for its kind.
     pub(crate) fn count_refusal(&self, e: &crate::http::ApiError) {
         let m = &self.inner.metrics;
@@ -268,6 +275,62 @@ impl Hub {
         inner.metrics.observe_publish(started.elapsed());
         inner.metrics.events_published.inc_by(events.len() as u64);
         Ok(positions)
+    }
+
+    /// Publishes to every open stream, on every instance: to the hub's broadcast
+    /// topic ([`HubConfig::broadcast_topic`]), which every stream receives without
+    /// asking for it. Broadcasts are retained and resumed like any topic's events.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = herald::Hub::builder().broadcast_topic("announcements").build().await?;
+    /// hub.broadcast("maintenance", &serde_json::json!({"in_minutes": 5})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn broadcast(
+        &self,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<Position, PublishError> {
+        let topic = self
+            .inner
+            .config
+            .broadcast_topic
+            .as_deref()
+            .ok_or(PublishError::NoBroadcastTopic)?;
+        self.publish(topic, event, data).await
+    }
+
+    /// Publishes to one user's topic, `user:<user_id>` (see [`topics::user`](crate::topics::user)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let hub = herald::Hub::builder().build().await?;
+    /// hub.publish_to_user("42", "invoice_paid", &serde_json::json!({"invoice": 7})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_to_user(
+        &self,
+        user_id: &str,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<Position, PublishError> {
+        let topic = crate::topics::user(user_id)?;
+        self.publish(topic.as_str(), event, data).await
+    }
+
+    /// Publishes to one session's topic, `session:<session_id>` (see
+    /// [`topics::session`](crate::topics::session)). With `session:` among
+    /// [`HubConfig::exclusive_prefixes`], at most one stream holds a session, on
+    /// any instance: the newest.
+    pub async fn publish_to_session(
+        &self,
+        session_id: &str,
+        event: &str,
+        data: &impl Serialize,
+    ) -> Result<Position, PublishError> {
+        let topic = crate::topics::session(session_id)?;
+        self.publish(topic.as_str(), event, data).await
     }
 
     /// Whether any subscriber, on this instance or (with Redis) any other, listens

@@ -27,6 +27,7 @@
 
 pub mod auth;
 pub mod backend;
+mod builder;
 mod config;
 pub mod cursor;
 pub mod event;
@@ -37,11 +38,14 @@ mod metrics;
 mod server;
 pub mod sse;
 mod stream;
+pub mod topics;
 
 pub use backend::redis::RedisConfig;
+pub use builder::HubBuilder;
 pub use config::{ConfigError, HubConfig};
 pub use cursor::{SubscriptionError, TopicSet};
 pub use event::{Event, EventName, NameError, Position, Topic, compact_json};
+pub use http::Routes;
 pub use hub::{Hub, HubError, PublishError, Status};
 pub use server::ServeOptions;
 

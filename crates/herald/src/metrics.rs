@@ -22,6 +22,7 @@ pub(crate) struct Metrics {
     pub(crate) events_delivered: Counter,
     pub(crate) events_replayed: Counter,
     pub(crate) resets: Counter,
+    pub(crate) replaced: Counter,
     pub(crate) slow_disconnected: Counter,
     pub(crate) write_stalls: Counter,
     pub(crate) publish_rejected: Counter,
@@ -45,6 +46,7 @@ impl Metrics {
             events_delivered: Counter::default(),
             events_replayed: Counter::default(),
             resets: Counter::default(),
+            replaced: Counter::default(),
             slow_disconnected: Counter::default(),
             write_stalls: Counter::default(),
             publish_rejected: Counter::default(),
@@ -107,6 +109,11 @@ impl Metrics {
             "resets",
             "herald.reset events sent because a cursor was older than the retained history",
             m.resets.clone(),
+        );
+        registry.register(
+            "streams_replaced",
+            "Streams ended with herald.replaced because a newer stream took their exclusive topic",
+            m.replaced.clone(),
         );
         registry.register(
             "slow_subscribers_disconnected",

@@ -22,6 +22,8 @@ pub struct Frame {
     /// Where the `event:` line starts in `full`; multi-topic connections write their
     /// own `id:` line and then `full[body_start..]`.
     body_start: usize,
+    /// A `herald.takeover` marker: never written, read by exclusive streams.
+    takeover: bool,
 }
 
 impl Frame {
@@ -41,7 +43,13 @@ impl Frame {
             pos,
             full: buf.freeze(),
             body_start,
+            takeover: event.name.as_str() == crate::event::TAKEOVER,
         }
+    }
+
+    /// Whether this is a stream's `herald.takeover` marker of an exclusive topic.
+    pub(crate) fn is_takeover(&self) -> bool {
+        self.takeover
     }
 
     /// The whole frame including its own `id:` line.

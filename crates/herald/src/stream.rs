@@ -22,7 +22,7 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::backend::BackendError;
 use crate::cursor::TopicSet;
-use crate::event::Position;
+use crate::event::{Event, EventName, Position};
 use crate::hub::{Hub, Inner};
 use crate::sse::{self, Frame};
 
@@ -70,6 +70,9 @@ struct Conn {
     positions: Vec<Position>,
     /// Written before anything live: retry, cursor, reset, history.
     prelude: Option<Bytes>,
+    /// For streams on exclusive topics: per topic, the position of this stream's
+    /// own takeover marker. A later marker means another stream took the topic.
+    exclusive: Option<Box<[Option<Position>]>>,
     done: bool,
     registration: Registration,
 }
@@ -108,6 +111,9 @@ pub(crate) async fn open(
     }
     // ...make sure every instance's events reach this one...
     inner.backend.listen(set.topics()).await?;
+    // ...take exclusive topics (streams holding them, anywhere, see the marker
+    // after their own and end)...
+    let exclusive = take_exclusive(inner, set).await?;
     // ...then history.
     let mut positions = Vec::with_capacity(set.topics().len());
     let mut reset = Vec::new();
@@ -156,6 +162,7 @@ pub(crate) async fn open(
         heartbeat: inner.heartbeat.subscribe(),
         positions,
         prelude: None,
+        exclusive,
         done: false,
         registration,
     };
@@ -172,6 +179,34 @@ pub(crate) async fn open(
         let chunk = conn.next_chunk().await?;
         Some((Ok(chunk), conn))
     }))
+}
+
+/// Publishes a takeover marker on each exclusive topic of `set`; returns their
+/// positions (none when no topic is exclusive).
+async fn take_exclusive(
+    inner: &Inner,
+    set: &TopicSet,
+) -> Result<Option<Box<[Option<Position>]>>, BackendError> {
+    let config = &inner.config;
+    if config.exclusive_prefixes.is_empty()
+        || !set.topics().iter().any(|t| config.is_exclusive(t.as_str()))
+    {
+        return Ok(None);
+    }
+    let mut mine = vec![None; set.topics().len()].into_boxed_slice();
+    let markers: Vec<(usize, Event)> = set
+        .topics()
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| config.is_exclusive(t.as_str()))
+        .map(|(i, t)| (i, Event::new(t.clone(), EventName::takeover(), "{}")))
+        .collect();
+    let events: Vec<Event> = markers.iter().map(|(_, e)| e.clone()).collect();
+    let positions = inner.backend.publish(&events).await?;
+    for ((i, _), pos) in markers.iter().zip(positions) {
+        mine[*i] = Some(pos);
+    }
+    Ok(Some(mine))
 }
 
 /// Bytes gathered for one write: the first frame as is (no copy), later ones copied in.
@@ -218,6 +253,9 @@ impl Conn {
 
     /// Appends `frame` of topic `i` unless it was written already; returns whether it was.
     fn write_chunk(&mut self, i: usize, frame: &Frame, out: &mut Chunk) -> bool {
+        if self.done {
+            return false;
+        }
         let Some(last) = self.positions.get_mut(i) else {
             return false;
         };
@@ -225,6 +263,16 @@ impl Conn {
             return false;
         }
         *last = frame.pos;
+        if frame.is_takeover() {
+            let mine = self
+                .exclusive
+                .as_ref()
+                .and_then(|m| m.get(i).copied().flatten());
+            if mine.is_some_and(|p| frame.pos > p) {
+                self.replaced(i, out);
+            }
+            return false;
+        }
         if self.positions.len() == 1 {
             out.push(frame.full().clone());
         } else {
@@ -237,11 +285,11 @@ impl Conn {
 
     /// The next bytes to write, or `None` when the stream is over.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
         if let Some(prelude) = self.prelude.take() {
             return Some(prelude);
+        }
+        if self.done {
+            return None;
         }
         let mut chunk = Chunk::default();
         let mut delivered = 0u64;
@@ -285,7 +333,7 @@ impl Conn {
             },
         }
         // Coalesce whatever else is queued already into the same write.
-        while chunk.len() < COALESCE_BYTES {
+        while chunk.len() < COALESCE_BYTES && !self.done {
             match self.live.next().now_or_never() {
                 Some(Some((i, Ok(frame)))) => {
                     delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
@@ -303,6 +351,22 @@ impl Conn {
             // Only duplicates arrived (dropped); nothing to write yet.
             None => Some(Bytes::new()),
         }
+    }
+
+    /// Another stream took exclusive topic `i`: tell the client and end. The
+    /// `retry:` of a day keeps a browser's `EventSource` from taking the topic
+    /// back by reconnecting on its own.
+    fn replaced(&mut self, i: usize, out: &mut Chunk) {
+        self.done = true;
+        self.inner().metrics.replaced.inc();
+        let topic = self.registration.set.topics().get(i).map(|t| t.as_str());
+        tracing::debug!(
+            topic,
+            "stream replaced by a newer one on an exclusive topic"
+        );
+        let data = serde_json::json!({ "topics": [topic] }).to_string();
+        out.push(Bytes::from_static(b"retry: 86400000\n"));
+        out.push(sse::encode_event(None, "herald.replaced", data.as_bytes()));
     }
 
     fn end_slow(&mut self, mut chunk: Chunk) -> Bytes {

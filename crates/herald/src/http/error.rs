@@ -203,9 +203,9 @@ impl From<PublishError> for ApiError {
         match e {
             PublishError::BadName(n) => n.into(),
             PublishError::PayloadTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
-            PublishError::Serialize(_) | PublishError::EmptyBatch => {
-                Self::InvalidRequest(e.to_string())
-            }
+            PublishError::Serialize(_)
+            | PublishError::EmptyBatch
+            | PublishError::NoBroadcastTopic => Self::InvalidRequest(e.to_string()),
             PublishError::Backend(b) => b.into(),
         }
     }

@@ -113,8 +113,16 @@ async fn open(
     parts: &Parts,
 ) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
     let (topics, query_cursor) = parse_query(parts.uri.query());
-    let set = TopicSet::parse(topics.iter().map(String::as_str), hub.config().max_topics)?;
+    let max = hub.config().max_topics;
+    let mut set = TopicSet::parse(topics.iter().map(String::as_str), max)?;
     let expires_at = authorize(hub, parts, set.topics(), false).await?;
+    // Every stream gets the broadcast topic too, unasked and without authorization.
+    if let Some(b) = &hub.config().broadcast_topic
+        && !set.topics().iter().any(|t| t.as_str() == b)
+    {
+        let names = set.topics().iter().map(|t| t.as_str()).chain([b.as_str()]);
+        set = TopicSet::parse(names, max + 1)?;
+    }
     // The header wins: EventSource keeps the first URL (with its `last_event_id`)
     // on reconnect and sends the newer cursor as `Last-Event-ID`.
     let header_cursor = match parts.headers.get("last-event-id") {

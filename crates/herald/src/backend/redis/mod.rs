@@ -423,7 +423,7 @@ pub(crate) async fn read_stream(
             };
             let Some(name) = std::str::from_utf8(&name)
                 .ok()
-                .and_then(|n| EventName::new(n).ok())
+                .and_then(|n| EventName::stored(n).ok())
             else {
                 continue;
             };

@@ -414,7 +414,7 @@ fn parse_message(payload: &Bytes) -> Option<(Position, EventName, Bytes)> {
     let first = payload.iter().position(|&b| b == b'\n')?;
     let second = first + 1 + payload[first + 1..].iter().position(|&b| b == b'\n')?;
     let pos = std::str::from_utf8(&payload[..first]).ok()?.parse().ok()?;
-    let name = EventName::new(std::str::from_utf8(&payload[first + 1..second]).ok()?).ok()?;
+    let name = EventName::stored(std::str::from_utf8(&payload[first + 1..second]).ok()?).ok()?;
     Some((pos, name, payload.slice(second + 1..)))
 }
 
