@@ -323,3 +323,45 @@ async fn batch_publish_is_all_or_nothing() {
     );
     assert_eq!(h.status().await["events_published"], 2);
 }
+
+#[tokio::test]
+async fn broadcast_topic_reaches_every_stream() {
+    let h = Herald::start(&["--broadcast-topic", "all"]);
+    let mut a = Sse::open(&h.url("/events?topic=comments"), None).await;
+    let mut b = Sse::open(&h.url("/events?topic=user:1,user:2"), None).await;
+    h.send("all", "maintenance", json!({"in": 5})).await;
+    for s in [&mut a, &mut b] {
+        let ev = s.next().await;
+        assert_eq!(
+            (ev.event.as_str(), ev.json()),
+            ("maintenance", json!({"in": 5}))
+        );
+    }
+    // Resume covers the broadcast topic too.
+    let cursor = a.last_id.clone();
+    drop(a);
+    h.send("all", "second", json!(2)).await;
+    let mut a = Sse::open(&h.url("/events?topic=comments"), Some(&cursor)).await;
+    assert_eq!(a.next().await.event, "second");
+}
+
+#[tokio::test]
+async fn exclusive_topic_keeps_only_the_newest_stream() {
+    let h = Herald::start(&["--exclusive-prefix", "session:"]);
+    let mut old = Sse::open(&h.url("/events?topic=session:9"), None).await;
+    let mut shared = Sse::open(&h.url("/events?topic=room"), None).await;
+    let mut new = Sse::open(&h.url("/events?topic=session:9"), None).await;
+    let ev = old.next().await;
+    assert_eq!(
+        (ev.event.as_str(), ev.json()),
+        ("herald.replaced", json!({"topics": ["session:9"]}))
+    );
+    assert!(old.rest().await.is_empty());
+    // Other topics are shared as before.
+    let _also_room = Sse::open(&h.url("/events?topic=room"), None).await;
+    h.send("session:9", "n", json!(1)).await;
+    h.send("room", "n", json!(2)).await;
+    assert_eq!(new.next().await.json(), json!(1));
+    assert_eq!(shared.next().await.json(), json!(2));
+    assert_eq!(h.metric("herald_streams_replaced_total").await, 1.0);
+}

@@ -61,6 +61,12 @@ fn invalid_values_stop_startup_with_a_clear_message() {
         (&["--log-format", "xml"], &[], "--log-format"),
         (&[], &[("HERALD_MAX_TOPICS", "many")], "--max-topics"),
         (&[], &[("HERALD_RETRY", "x")], "--retry"),
+        (&["--broadcast-topic", "all news"], &[], "broadcast_topic"),
+        (
+            &["--exclusive-prefix", "se ssion:"],
+            &[],
+            "exclusive_prefixes",
+        ),
     ];
     for (args, env, needle) in cases {
         let mut cmd = herald();

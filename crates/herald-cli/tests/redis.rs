@@ -615,3 +615,86 @@ async fn has_subscriber_sees_other_instances_on_a_cluster() {
     let urls = c.nodes.iter().map(|n| n.url()).collect();
     has_subscriber_across_instances(urls, true, &args).await;
 }
+
+/// Exclusive session topics across instances: a stream on instance A holds
+/// `session:s1`; a subscriber (the Rust client) on instance B takes it over; A's
+/// stream gets `herald.replaced` and ends; resuming A's cursor takes it back.
+async fn exclusive_session_moves_between_instances(args: &[String]) {
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--exclusive-prefix", "session:", "--retry", "100ms"]);
+    let a = Herald::start(&args);
+    let b = Herald::start(&args);
+    let mut first = Sse::open(&a.url("/events?topic=session:s1,news"), None).await;
+    b.send("session:s1", "step", json!(1)).await;
+    assert_eq!(first.next().await.json(), json!(1));
+    let cursor = first.last_id.clone();
+
+    let client = herald_client::Client::new(b.url("")).unwrap();
+    let mut second = client.subscribe(["session:s1"]).stream();
+    let connected = next_message(&mut second).await;
+    assert!(
+        matches!(connected, herald_client::Message::Connected),
+        "{connected:?}"
+    );
+    let replaced = first.next().await;
+    assert_eq!(replaced.event, "herald.replaced");
+    assert_eq!(replaced.json(), json!({"topics": ["session:s1"]}));
+    assert!(first.rest().await.is_empty(), "the replaced stream ends");
+
+    a.send("session:s1", "step", json!(2)).await;
+    match next_message(&mut second).await {
+        herald_client::Message::Event(e) => {
+            assert_eq!((e.name.as_str(), e.data.as_str()), ("step", "2"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Taking it back on A with the old cursor replays what was missed (and no
+    // takeover marker), and B's subscriber is told and stops for good.
+    let mut back = Sse::open(&a.url("/events?topic=session:s1,news"), Some(&cursor)).await;
+    let ev = back.next().await;
+    assert_eq!((ev.event.as_str(), ev.json()), ("step", json!(2)));
+    match next_message(&mut second).await {
+        herald_client::Message::Replaced { topics } => assert_eq!(topics, ["session:s1"]),
+        other => panic!("{other:?}"),
+    }
+    let end = tokio::time::timeout(
+        support::DEADLINE,
+        futures_util::StreamExt::next(&mut second),
+    )
+    .await
+    .unwrap();
+    assert!(
+        end.is_none(),
+        "a replaced subscription does not reconnect: {end:?}"
+    );
+    b.send("session:s1", "step", json!(3)).await;
+    assert_eq!(back.next().await.json(), json!(3));
+    assert!(
+        b.metric("herald_streams_replaced_total").await
+            + a.metric("herald_streams_replaced_total").await
+            >= 2.0
+    );
+}
+
+async fn next_message(s: &mut herald_client::Subscription) -> herald_client::Message {
+    use futures_util::StreamExt;
+    tokio::time::timeout(support::DEADLINE, s.next())
+        .await
+        .expect("a message in time")
+        .expect("the subscription goes on")
+        .expect("no error")
+}
+
+#[tokio::test]
+async fn exclusive_session_moves_between_instances_on_one_node() {
+    let r = Redis::start();
+    exclusive_session_moves_between_instances(&redis_args(&r)).await;
+}
+
+#[tokio::test]
+async fn exclusive_session_moves_between_instances_on_a_cluster() {
+    let c = Cluster::start();
+    let mut args = c.url_args();
+    args.push("--redis-cluster".into());
+    exclusive_session_moves_between_instances(&args).await;
+}
