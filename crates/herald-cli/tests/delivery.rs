@@ -365,3 +365,39 @@ async fn exclusive_topic_keeps_only_the_newest_stream() {
     assert_eq!(shared.next().await.json(), json!(2));
     assert_eq!(h.metric("herald_streams_replaced_total").await, 1.0);
 }
+
+#[tokio::test]
+async fn write_linger_delivers_everything_in_order_once() {
+    let h = Herald::start(&["--write-linger", "20ms"]);
+    let mut single = Sse::open(&h.url("/events?topic=a"), None).await;
+    let mut multi = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    for i in 0..30 {
+        let t = if i % 3 == 0 { "b" } else { "a" };
+        h.send(t, "n", json!({"t": t, "i": i})).await;
+    }
+    let mut a_single = Vec::new();
+    for _ in 0..20 {
+        a_single.push(single.next().await.json()["i"].as_u64().unwrap());
+    }
+    let want_a: Vec<u64> = (0..30).filter(|i| i % 3 != 0).collect();
+    assert_eq!(a_single, want_a);
+    let mut by_topic: HashMap<String, Vec<u64>> = HashMap::new();
+    for _ in 0..30 {
+        let v = multi.next().await.json();
+        by_topic
+            .entry(v["t"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v["i"].as_u64().unwrap());
+    }
+    assert_eq!(by_topic["a"], want_a);
+    assert_eq!(
+        by_topic["b"],
+        (0..30).filter(|i| i % 3 == 0).collect::<Vec<u64>>()
+    );
+    // A resume with the last cursor has nothing more to replay (nothing twice).
+    let cursor = multi.last_id.clone();
+    drop(multi);
+    h.send("a", "n", json!({"t": "a", "i": 99})).await;
+    let mut again = Sse::open(&h.url("/events?topic=a,b"), Some(&cursor)).await;
+    assert_eq!(again.next().await.json()["i"], 99);
+}

@@ -106,6 +106,13 @@ impl HubBuilder {
         self
     }
 
+    /// After an event, wait this long for more to join the same write (default 0:
+    /// write at once).
+    pub fn write_linger(mut self, linger: Duration) -> Self {
+        self.config.write_linger = linger;
+        self
+    }
+
     /// Allows browser pages of `origin` (`*`: any) to use the hub across origins.
     pub fn cors_origin(mut self, origin: impl Into<String>) -> Self {
         self.config.cors_origins.push(origin.into());

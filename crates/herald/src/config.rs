@@ -41,6 +41,11 @@ pub struct HubConfig {
     /// new stream on such a topic replaces the one that had it, on any instance.
     /// The replaced stream gets `herald.replaced` and ends.
     pub exclusive_prefixes: Vec<String>,
+    /// After an event for a stream, wait this long for more to join the same
+    /// write. Zero (the default) writes at once. A few milliseconds trade that
+    /// much latency for fewer writes per delivery when topics are busy (see
+    /// BENCHMARKS.md).
+    pub write_linger: Duration,
 }
 
 impl Default for HubConfig {
@@ -59,6 +64,7 @@ impl Default for HubConfig {
             max_connections_per_ip: 0,
             broadcast_topic: None,
             exclusive_prefixes: Vec::new(),
+            write_linger: Duration::ZERO,
         }
     }
 }
@@ -138,6 +144,13 @@ impl HubConfig {
                 "cors_origins",
                 "origins like https://app.example.com",
                 o.clone(),
+            );
+        }
+        if self.write_linger > Duration::from_secs(1) {
+            return err(
+                "write_linger",
+                "at most 1s",
+                format!("{:?}", self.write_linger),
             );
         }
         if let Some(t) = &self.broadcast_topic

@@ -332,6 +332,31 @@ impl Conn {
                 }
             },
         }
+        // With a write linger, wait that long after the first event for more to
+        // join the same write (fewer writes per delivery, at the cost of latency).
+        let linger = self.inner().config.write_linger;
+        if delivered > 0 && !linger.is_zero() {
+            let until = tokio::time::Instant::now() + linger;
+            while chunk.len() < COALESCE_BYTES && !self.done {
+                tokio::select! {
+                    biased;
+                    // Flush now; the next call ends the stream.
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(until) => break,
+                    item = self.live.next() => match item {
+                        Some((i, Ok(frame))) => {
+                            delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
+                        }
+                        Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                            self.inner().metrics.events_delivered.inc_by(delivered);
+                            return Some(self.end_slow(chunk));
+                        }
+                        // A closed ring: the next call ends the stream.
+                        None => break,
+                    },
+                }
+            }
+        }
         // Coalesce whatever else is queued already into the same write.
         while chunk.len() < COALESCE_BYTES && !self.done {
             match self.live.next().now_or_never() {
