@@ -76,6 +76,16 @@ for sc in ["fanout", "fanout-10k", "spread"]:
         row(sc, "latency p99 (ms)", p99, servers, "lower")
         row(sc, "latency max (ms)", mx, servers, "lower")
         row(sc, "server CPU per delivery (µs)", cpu, servers, "lower")
+for sc in ["fanout", "fanout-10k"]:
+    # Herald with --write-linger against the peers' runs of the same scenario.
+    servers = {s: load(f"{sc}-{s}") for s in ["herald-linger", "nchan", "fse"]}
+    if servers["herald-linger"]:
+        label = f"{sc} (Herald --write-linger)"
+        row(label, "deliveries/s", dps, servers, "higher")
+        row(label, "loss (%)", loss, servers, "lower")
+        row(label, "latency p50 (ms)", p50, servers, "lower")
+        row(label, "latency p99 (ms)", p99, servers, "lower")
+        row(label, "server CPU per delivery (µs)", cpu, servers, "lower")
 servers = {s: best("max-rate", s) for s in trio}
 if any(servers.values()):
     row("max-rate", "highest clean deliveries/s", dps, servers, "higher")
