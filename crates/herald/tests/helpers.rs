@@ -283,3 +283,38 @@ async fn a_new_stream_on_an_exclusive_topic_replaces_the_old_one() {
         assert!(!text.contains("takeover"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn several_hubs_in_one_process_do_not_interfere() {
+    let a = herald::Hub::builder().build().await.unwrap();
+    let b = herald::Hub::builder()
+        .broadcast_topic("all")
+        .build()
+        .await
+        .unwrap();
+    let addr_a = serve(a.router()).await;
+    let addr_b = serve(b.router()).await;
+    let (mut sa, _) = open_stream(addr_a, "/events?topic=t", "").await;
+    let (mut sb, _) = open_stream(addr_b, "/events?topic=t", "").await;
+    b.publish("t", "only_b", &1).await.unwrap();
+    a.publish("t", "only_a", &2).await.unwrap();
+    let got_a = sa.until("event: only_a\n").await;
+    let got_b = sb.until("event: only_b\n").await;
+    assert!(!got_a.contains("only_b") && !got_b.contains("only_a"));
+    // Each hub has its own settings, counters and metrics registry.
+    assert!(a.config().broadcast_topic.is_none());
+    assert_eq!(
+        (a.status().events_published, b.status().events_published),
+        (1, 1)
+    );
+    assert!(
+        a.render_metrics()
+            .contains("herald_events_published_total 1")
+    );
+    a.shutdown();
+    let ended = sa.rest_until_close_or_eof().await;
+    assert!(ended.contains("retry:"), "{ended}");
+    // Shutting one hub down leaves the other serving.
+    b.publish("t", "still_b", &3).await.unwrap();
+    sb.until("event: still_b\n").await;
+}

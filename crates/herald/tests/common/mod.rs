@@ -76,6 +76,12 @@ impl Conn {
         String::from_utf8_lossy(&std::mem::replace(&mut self.buf, rest)).into_owned()
     }
 
+    /// Everything until the HTTP body ends (the chunked terminator) or the peer
+    /// closes (20 s at most).
+    pub async fn rest_until_close_or_eof(&mut self) -> String {
+        self.until("\r\n0\r\n\r\n").await
+    }
+
     /// Everything until the peer closes (20 s at most).
     pub async fn rest_until_close(&mut self) -> String {
         let mut rest = read_to_close(&mut self.s).await;
