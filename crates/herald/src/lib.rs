@@ -1,29 +1,13 @@
-//! Herald: a Server-Sent Events notification hub.
+#![doc = include_str!("../README.md")]
 //!
-//! Browsers subscribe with a plain `EventSource` (`GET /events?topic=a,b`);
-//! application code publishes small JSON notices to topics; each subscriber gets
-//! every event of its topics, in order, and resumes after a reconnect without
-//! losing or repeating one (`Last-Event-ID` carries a cursor of every topic's
-//! position). The pattern is *notify, then fetch*: events are small, the REST API
-//! stays the source of truth.
-//!
-//! ```no_run
-//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let hub = herald::Hub::new(herald::HubConfig::default())?;
-//! let app = axum::Router::new().merge(hub.router());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! # let publisher = hub.clone();
-//! tokio::spawn(async move {
-//!     publisher.publish("comments", "created", &serde_json::json!({"id": 1})).await
-//! });
-//! axum::serve(listener, app).await?;
-//! # Ok(()) }
-//! ```
+//! ## Modules
 //!
 //! The parts, each a module with one job: [`event`] and [`sse`] (validated values
 //! and their wire encoding), [`cursor`] (resume positions), `fanout` (the local
 //! subscriber registry), [`backend`] (ordering, history and scale-out), `stream`
-//! (one subscriber's connection), [`http`] (the axum routes).
+//! (one subscriber's connection), [`http`] (the axum routes), [`auth`] (who may
+//! subscribe and publish), [`topics`] (the topic conventions); [`Hub`] ties them
+//! together and [`HubBuilder`] configures it.
 
 pub mod auth;
 pub mod backend;
