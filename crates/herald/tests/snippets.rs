@@ -11,6 +11,9 @@
 //!   `tests/browser/package.json` (`npm ci` when missing);
 //! - the Rust client block is compiled as a doctest, and is also
 //!   `tests/snippets/client.rs`, checked equal to the README's text and run here;
+//! - the nginx block runs as a real `nginx` (Debian's package, in the foreground on
+//!   a free loopback port, its upstreams pointed at the hub), and a stream through
+//!   it must get an event as soon as it is published;
 //! - the text blocks showing the 401/403 answers and the `herald.replaced` frame,
 //!   and the `[dependencies]` block, are checked against the hub and the workspace.
 //!
@@ -18,7 +21,8 @@
 //! the hub (a new in-memory hub on the same address, so the client's cursor is from
 //! before: `herald.reset`), gets events again, and (except React) is replaced on its
 //! exclusive session topic and stops. Nothing is skipped: without `python3` (and
-//! its `venv` module), `node` or `npm` the tests fail and say what to install.
+//! its `venv` module: Debian's `python3-venv`), `node` (20.19 or newer) and `npm`,
+//! or `nginx`, the tests fail and say what to install.
 
 #![allow(clippy::unwrap_used)]
 
