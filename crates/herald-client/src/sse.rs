@@ -127,7 +127,8 @@ impl Parser {
     pub fn feed(&mut self, chunk: &[u8]) -> std::vec::IntoIter<Item> {
         let mut out = Vec::new();
         let mut rest = chunk;
-        if self.after_cr {
+        // (An empty chunk leaves a pending CR pending: its LF may still come.)
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(tail) = rest.strip_prefix(b"\n") {
                 rest = tail;
@@ -574,6 +575,15 @@ mod tests {
             ),
         ];
         proptest::collection::vec(piece, 0..40).prop_map(|v| v.concat())
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_keeps_them_one_line_end() {
+        let mut p = Parser::new();
+        let mut items: Vec<Item> = p.feed(b"id: 1\r").collect();
+        items.extend(p.feed(b""));
+        items.extend(p.feed(b"\nid: 2\n\n"));
+        assert_eq!(items, [Item::Id("2".into())]);
     }
 
     proptest! {
