@@ -41,10 +41,11 @@ pub struct HubConfig {
     /// new stream on such a topic replaces the one that had it, on any instance.
     /// The replaced stream gets `herald.replaced` and ends.
     pub exclusive_prefixes: Vec<String>,
-    /// After an event for a stream, wait this long for more to join the same
-    /// write. Zero (the default) writes at once. A few milliseconds trade that
-    /// much latency for fewer writes per delivery when topics are busy (see
-    /// BENCHMARKS.md).
+    /// After an event for a stream, wait for more to join the same write until
+    /// the hub's next flush tick (one ticker for all streams, every
+    /// `write_linger`): at most this long. Zero (the default) writes at once. A
+    /// few milliseconds trade that much latency for fewer writes per delivery
+    /// when topics are busy (see BENCHMARKS.md).
     pub write_linger: Duration,
 }
 

@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     /// One heartbeat ticker for all streams: each stream holds a receiver (no timer
     /// per connection), and the heartbeat frame is shared.
     pub(crate) heartbeat: broadcast::Sender<Bytes>,
+    /// With a write linger: one flush ticker for all streams, every `write_linger`.
+    pub(crate) flush: Option<broadcast::Sender<()>>,
     /// Cancelled by [`Hub::shutdown`]: every stream ends with a `retry:` hint.
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when the last clone of the hub is dropped: stops the timers.
@@ -182,6 +184,11 @@ impl Hub {
     ) -> Self {
         let (heartbeat, _) = broadcast::channel(1);
         spawn_heartbeat(&config, heartbeat.clone(), tasks.clone());
+        let flush = (!config.write_linger.is_zero()).then(|| {
+            let (tx, _) = broadcast::channel(1);
+            spawn_flush_ticker(config.write_linger, tx.clone(), tasks.clone());
+            tx
+        });
         let retry_frame = sse::retry(u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX));
         Self {
             inner: Arc::new(Inner {
@@ -190,6 +197,7 @@ impl Hub {
                 backend,
                 metrics,
                 heartbeat,
+                flush,
                 shutdown: CancellationToken::new(),
                 tasks,
                 connections: AtomicUsize::new(0),
@@ -388,6 +396,21 @@ fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: Cance
                 _ = every.tick() => {
                     // No receiver (no stream open) is fine.
                     let _ = tx.send(frame.clone());
+                }
+            }
+        }
+    });
+}
+
+fn spawn_flush_ticker(every: std::time::Duration, tx: broadcast::Sender<()>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(every);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = every.tick() => {
+                    let _ = tx.send(());
                 }
             }
         }

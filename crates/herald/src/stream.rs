@@ -66,6 +66,9 @@ struct Conn {
     /// When the subscriber's credentials expire, if they do.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     heartbeat: broadcast::Receiver<Bytes>,
+    /// With a write linger: the hub's flush ticks. After an event, the stream
+    /// gathers more until the next tick, then writes them at once.
+    flush: Option<broadcast::Receiver<()>>,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
     /// Written before anything live: retry, cursor, reset, history.
@@ -160,6 +163,7 @@ pub(crate) async fn open(
         live,
         deadline,
         heartbeat: inner.heartbeat.subscribe(),
+        flush: inner.flush.as_ref().map(broadcast::Sender::subscribe),
         positions,
         prelude: None,
         exclusive,
@@ -334,27 +338,35 @@ impl Conn {
         }
         // With a write linger, wait that long after the first event for more to
         // join the same write (fewer writes per delivery, at the cost of latency).
-        let linger = self.inner().config.write_linger;
-        if delivered > 0 && !linger.is_zero() {
-            let until = tokio::time::Instant::now() + linger;
+        if delivered > 0
+            && let Some(mut flush) = self.flush.take()
+        {
+            // Ticks that fired before this event do not count.
+            while let Ok(()) | Err(broadcast::error::TryRecvError::Lagged(_)) = flush.try_recv() {}
+            let mut slow = false;
             while chunk.len() < COALESCE_BYTES && !self.done {
                 tokio::select! {
                     biased;
                     // Flush now; the next call ends the stream.
                     _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(until) => break,
+                    _ = flush.recv() => break,
                     item = self.live.next() => match item {
                         Some((i, Ok(frame))) => {
                             delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
                         }
                         Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                            self.inner().metrics.events_delivered.inc_by(delivered);
-                            return Some(self.end_slow(chunk));
+                            slow = true;
+                            break;
                         }
                         // A closed ring: the next call ends the stream.
                         None => break,
                     },
                 }
+            }
+            self.flush = Some(flush);
+            if slow {
+                self.inner().metrics.events_delivered.inc_by(delivered);
+                return Some(self.end_slow(chunk));
             }
         }
         // Coalesce whatever else is queued already into the same write.
