@@ -205,8 +205,9 @@ pub(crate) struct Serve {
     )]
     pub(crate) exclusive_prefix: Vec<String>,
 
-    /// After an event, wait this long for more to join the same write (0: write
-    /// at once). Trades that much latency for fewer writes on busy topics.
+    /// After an event, gather more for the same write until the next flush tick
+    /// (every this long; 0: write at once). Fewer writes on busy topics, for up to
+    /// that much latency.
     #[arg(long, env = "HERALD_WRITE_LINGER", default_value = "0s", value_parser = duration)]
     pub(crate) write_linger: Duration,
 

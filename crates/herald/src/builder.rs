@@ -106,8 +106,9 @@ impl HubBuilder {
         self
     }
 
-    /// After an event, wait this long for more to join the same write (default 0:
-    /// write at once).
+    /// After an event, gather more for the same write until the hub's next flush
+    /// tick (one ticker, every `linger`): fewer writes for up to that much latency.
+    /// Default 0: write at once.
     pub fn write_linger(mut self, linger: Duration) -> Self {
         self.config.write_linger = linger;
         self
