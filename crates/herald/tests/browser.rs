@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
@@ -19,45 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-/// `target/<profile>/examples/<name>`, built here when only this test was asked for.
-fn example(name: &str) -> PathBuf {
-    let mut cargo = StdCommand::new(env!("CARGO"));
-    // Without the variables cargo set for this test: build scripts that watch them
-    // (ring's) would otherwise rebuild on every switch between this and a plain build.
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| {
-            [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-        }) {
-            cargo.env_remove(key);
-        }
-    }
-    let status = cargo
-        .args(["build", "--quiet", "-p", "herald", "--example", name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot build the {name} example");
-    profile_dir().join("examples").join(name)
-}
-
-/// `target/<profile>`, from where this test binary is.
-fn profile_dir() -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir
-}
+use common::{example, profile_dir};
 
 /// Fails with what to install when `program --version` does not run.
 fn require(program: &str, install: &str) -> String {

@@ -10,43 +10,7 @@ use std::process::{Command, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::read_until;
-
-/// `target/<profile>/examples/<name>`. `cargo test` builds examples before running
-/// tests; when only this test target was asked for, build the example here.
-fn example(name: &str) -> std::path::PathBuf {
-    let mut cargo = Command::new(env!("CARGO"));
-    // Without the variables cargo set for this test: build scripts that watch them
-    // (ring's) would otherwise rebuild on every switch between this and a plain build.
-    for (key, _) in std::env::vars_os() {
-        if key.to_str().is_some_and(|k| {
-            [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-        }) {
-            cargo.env_remove(key);
-        }
-    }
-    let status = cargo
-        .args(["build", "--quiet", "-p", "herald", "--example", name])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cannot build the {name} example");
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join("examples").join(name)
-}
+use common::{example, read_until};
 
 #[tokio::test]
 async fn minimal_example_publishes_created_comments() {

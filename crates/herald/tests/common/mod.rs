@@ -112,3 +112,44 @@ pub async fn open_stream(
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     (c, head)
 }
+
+/// `target/<profile>/examples/<name>`. `cargo test` builds examples before running
+/// tests; when only one test target was asked for, the example is built here.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    // Without the variables cargo set for this test: build scripts that watch them
+    // (ring's) would otherwise rebuild on every switch between this and a plain build.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(|k| {
+            [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+        }) {
+            cargo.env_remove(key);
+        }
+    }
+    let status = cargo
+        .args(["build", "--quiet", "-p", "herald", "--example", name])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build the {name} example");
+    profile_dir().join("examples").join(name)
+}
+
+/// `target/<profile>`: where this test binary's examples and artifacts go.
+pub fn profile_dir() -> std::path::PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
