@@ -402,7 +402,11 @@ fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: Cance
     });
 }
 
-fn spawn_flush_ticker(every: std::time::Duration, tx: broadcast::Sender<()>, stop: CancellationToken) {
+fn spawn_flush_ticker(
+    every: std::time::Duration,
+    tx: broadcast::Sender<()>,
+    stop: CancellationToken,
+) {
     let mut every = tokio::time::interval(every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::spawn(async move {
