@@ -14,21 +14,8 @@ use common::{example, read_until};
 
 #[tokio::test]
 async fn minimal_example_publishes_created_comments() {
-    let mut child = Command::new(example("minimal"))
-        .env("ADDR", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the minimal example is built by cargo test");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap()
-        .to_owned();
-
+    let app = Running::start("minimal", &[]);
+    let addr = &app.addr;
     let mut sub = TcpStream::connect(&addr).await.unwrap();
     sub.write_all(b"GET /events?topic=comments HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -50,8 +37,6 @@ async fn minimal_example_publishes_created_comments() {
         got.contains("event: comment_created\ndata: {\"text\":\"hello\"}\n"),
         "{got}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 // ---- crm_comments and authorized -------------------------------------------------

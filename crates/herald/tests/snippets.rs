@@ -413,6 +413,55 @@ fn node(mode: &str, url: &str) -> Proc {
     Proc::spawn(if mode == "react" { "react" } else { "js" }, command)
 }
 
+/// What a client snippet prints at each step of [`follow_through_a_restart`].
+struct Says {
+    first: fn(&str) -> bool,
+    reset: fn(&str) -> bool,
+    second: fn(&str) -> bool,
+    replaced: fn(&str) -> bool,
+}
+
+/// The scenario every client snippet follows, once it subscribed to `comments` and
+/// `session:tab-1` on `a` (`a` sees a stream on `ready_topic`): an event; a restart
+/// of the hub on the same address (a new in-memory hub, so the client's cursor is
+/// from before it: `herald.reset`); an event after the resume; another stream
+/// taking the session. Returns the restarted server.
+async fn follow_through_a_restart(
+    client: &mut Proc,
+    a: Server,
+    ready_topic: &str,
+    says: Says,
+) -> Server {
+    a.wait_subscriber(ready_topic, true).await;
+    let comment = |id, body: &str| ThreadComment {
+        id,
+        body: body.into(),
+    };
+    a.hub
+        .publish("comments", "comment_created", &comment(7, "Looks good"))
+        .await
+        .unwrap();
+    client.expect("the event", says.first).await;
+
+    let addr = a.addr;
+    a.stop().await;
+    let hub_b = hub().await;
+    let b = Server::start(addr, hub_b.clone(), hub_b.router()).await;
+    client.expect("herald.reset", says.reset).await;
+    b.wait_subscriber("comments", true).await;
+    b.hub
+        .publish("comments", "comment_created", &comment(8, "+1"))
+        .await
+        .unwrap();
+    client
+        .expect("an event after the resume", says.second)
+        .await;
+
+    let (_other, _) = open_stream(b.addr, "/events?topic=session:tab-1").await;
+    client.expect("herald.replaced", says.replaced).await;
+    b
+}
+
 // ---- the client snippets ----------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,53 +488,18 @@ async fn python_httpx_sse_snippet_follows_resumes_and_stops_when_replaced() {
         .env("PYTHONUNBUFFERED", "1");
     let mut py = Proc::spawn("python", command);
 
-    a.wait_subscriber("comments", true).await;
-    a.hub
-        .publish(
-            "comments",
-            "comment_created",
-            &ThreadComment {
-                id: 7,
-                body: "Looks good".into(),
-            },
-        )
-        .await
-        .unwrap();
-    py.expect("the event", |l| {
-        l == "comment_created {'id': 7, 'body': 'Looks good'}"
-    })
+    let b = follow_through_a_restart(
+        &mut py,
+        a,
+        "comments",
+        Says {
+            first: |l| l == "comment_created {'id': 7, 'body': 'Looks good'}",
+            reset: |l| l.starts_with("refetch [") && l.contains("'comments'"),
+            second: |l| l == "comment_created {'id': 8, 'body': '+1'}",
+            replaced: |l| l == "replaced ['session:tab-1']",
+        },
+    )
     .await;
-
-    // A restart: the new hub has no history, so the resumed cursor gets a reset.
-    let addr = a.addr;
-    a.stop().await;
-    let hub_b = hub().await;
-    let b = Server::start(addr, hub_b.clone(), hub_b.router()).await;
-    py.expect("herald.reset", |l| {
-        l.starts_with("refetch [") && l.contains("'comments'")
-    })
-    .await;
-    b.wait_subscriber("comments", true).await;
-    b.hub
-        .publish(
-            "comments",
-            "comment_created",
-            &ThreadComment {
-                id: 8,
-                body: "+1".into(),
-            },
-        )
-        .await
-        .unwrap();
-    py.expect("an event after the resume", |l| {
-        l == "comment_created {'id': 8, 'body': '+1'}"
-    })
-    .await;
-
-    // Another client takes the session: the script says so and ends.
-    let (_other, _) = open_stream(b.addr, "/events?topic=session:tab-1").await;
-    py.expect("herald.replaced", |l| l == "replaced ['session:tab-1']")
-        .await;
     py.exits_cleanly().await;
     b.stop().await;
     eprintln!(
@@ -506,38 +520,17 @@ async fn javascript_eventsource_snippet_handles_events_reset_and_replaced() {
     .await;
     let mut js = node("eventsource", &a.url());
 
-    a.wait_subscriber("session:tab-1", true).await;
-    a.hub
-        .publish(
-            "comments",
-            "comment_created",
-            &ThreadComment {
-                id: 7,
-                body: "Looks good".into(),
-            },
-        )
-        .await
-        .unwrap();
-    js.expect("the event", |l| l == "refetchComment 7").await;
-
-    let addr = a.addr;
-    a.stop().await;
-    let hub_b = hub().await;
-    let b = Server::start(addr, hub_b.clone(), hub_b.router()).await;
-    js.expect("herald.reset", |l| l == "refetchEverything comments")
-        .await;
-    b.wait_subscriber("comments", true).await;
-    b.hub
-        .publish("comments", "comment_created", &json!({"id": 8}))
-        .await
-        .unwrap();
-    js.expect("an event after the resume", |l| l == "refetchComment 8")
-        .await;
-
-    let (_other, _) = open_stream(b.addr, "/events?topic=session:tab-1").await;
-    js.expect("herald.replaced", |l| {
-        l == "showNotice This session is open somewhere else."
-    })
+    let b = follow_through_a_restart(
+        &mut js,
+        a,
+        "session:tab-1",
+        Says {
+            first: |l| l == "refetchComment 7",
+            reset: |l| l == "refetchEverything comments",
+            second: |l| l == "refetchComment 8",
+            replaced: |l| l == "showNotice This session is open somewhere else.",
+        },
+    )
     .await;
     // EventSource.CLOSED, still after 500 ms: it did not reconnect.
     js.expect("the closed source", |l| l.starts_with("readyState"))
