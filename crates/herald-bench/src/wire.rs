@@ -169,7 +169,7 @@ impl Sse {
                     continue;
                 }
             }
-            match bytes[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+            match memchr::memchr2(b'\n', b'\r', &bytes[i..]) {
                 None => {
                     self.line.extend_from_slice(&bytes[i..]);
                     break;
@@ -231,7 +231,7 @@ impl Sse {
 
 /// The unsigned integer right after `key` in `hay` (e.g. `"seq":42`), allowing a space.
 fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
-    let at = hay.windows(key.len()).position(|w| w == key)? + key.len();
+    let at = memchr::memmem::find(hay, key)? + key.len();
     let mut rest = &hay[at..];
     while let [b' ', tail @ ..] = rest {
         rest = tail;
@@ -240,7 +240,12 @@ fn number_after(hay: &[u8], key: &[u8]) -> Option<u64> {
     if digits == 0 || digits > 19 {
         return None;
     }
-    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    // At most 19 digits: fits in a u64 without overflow.
+    Some(
+        rest[..digits]
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 #[cfg(test)]
@@ -280,6 +285,24 @@ mod tests {
         let (out, p) = parse(&[b"data: hello\n\nid: 3\n\ndata\n\n"]);
         assert!(out.is_empty());
         assert_eq!((p.events, p.foreign), (2, 2));
+    }
+
+    #[test]
+    fn numbers_after_keys() {
+        assert_eq!(
+            number_after(br#"{"seq":42,"ts":7}"#, br#""seq":"#),
+            Some(42)
+        );
+        assert_eq!(number_after(br#"{"seq":  42}"#, br#""seq":"#), Some(42));
+        assert_eq!(number_after(br#"{"ts":7}"#, br#""seq":"#), None);
+        assert_eq!(number_after(br#"{"seq":x}"#, br#""seq":"#), None);
+        let max = format!(r#"{{"seq":{}}}"#, "9".repeat(19));
+        assert_eq!(
+            number_after(max.as_bytes(), br#""seq":"#),
+            Some(9_999_999_999_999_999_999)
+        );
+        let long = format!(r#"{{"seq":{}}}"#, "9".repeat(20));
+        assert_eq!(number_after(long.as_bytes(), br#""seq":"#), None);
     }
 
     #[test]
