@@ -78,6 +78,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
+    /// Threads that run the hub (default: one per CPU core). Fewer spend less CPU on
+    /// waking each other when the load is light, more take higher rates
+    /// (BENCHMARKS.md measures both).
+    #[arg(long, env = "HERALD_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) worker_threads: Option<u16>,
+
     /// Interval between heartbeats on idle streams (e.g. 15s, 500ms).
     #[arg(long, env = "HERALD_HEARTBEAT", default_value = "15s", value_parser = duration)]
     pub(crate) heartbeat: Duration,

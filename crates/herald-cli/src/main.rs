@@ -28,10 +28,12 @@ fn main() -> std::process::ExitCode {
         Command::Serve(serve) => serve,
         Command::Token(token) => return mint(&token),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = serve.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");

@@ -34,6 +34,7 @@ fn help_documents_every_flag_with_its_default_and_env() {
         ("--header-read-timeout", Some("10s")),
         ("--shutdown-grace", Some("5s")),
         ("--log-format", Some("text")),
+        ("--worker-threads", None),
         ("--config", None),
     ] {
         assert!(help.contains(flag), "{flag} missing from\n{help}");
@@ -59,6 +60,8 @@ fn invalid_values_stop_startup_with_a_clear_message() {
         (&["--max-topics", "0"], &[], "max_topics"),
         (&["--heartbeat", "1ms"], &[], "heartbeat"),
         (&["--log-format", "xml"], &[], "--log-format"),
+        (&["--worker-threads", "0"], &[], "--worker-threads"),
+        (&[], &[("HERALD_WORKER_THREADS", "all")], "--worker-threads"),
         (&[], &[("HERALD_MAX_TOPICS", "many")], "--max-topics"),
         (&[], &[("HERALD_RETRY", "x")], "--retry"),
         (&["--broadcast-topic", "all news"], &[], "broadcast_topic"),
@@ -79,6 +82,25 @@ fn invalid_values_stop_startup_with_a_clear_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {needle} not in {err}");
     }
+}
+
+/// `--worker-threads` sets how many threads run the hub, and the hub works on one.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn worker_threads_set_the_runtime_size() {
+    let threads = |h: &Herald| {
+        std::fs::read_dir(format!("/proc/{}/task", h.child.id()))
+            .unwrap()
+            .count()
+    };
+    let one = Herald::start(&["--worker-threads", "1"]);
+    let three = Herald::start_with_env(&[], &[("HERALD_WORKER_THREADS", "3")]);
+    // The same threads besides the workers (the main thread), whatever they are.
+    assert_eq!(threads(&three) - threads(&one), 2);
+    let mut sse = Sse::open(&one.url("/events?topic=solo"), None).await;
+    one.send("solo", "ping", json!({"n": 1})).await;
+    let ev = sse.next().await;
+    assert_eq!((ev.event.as_str(), ev.json()), ("ping", json!({"n": 1})));
 }
 
 #[test]
