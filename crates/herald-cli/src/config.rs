@@ -211,9 +211,10 @@ pub(crate) struct Serve {
     )]
     pub(crate) exclusive_prefix: Vec<String>,
 
-    /// After an event, gather more for the same write until the next flush tick
-    /// (every this long; 0: write at once). Fewer writes on busy topics, for up to
-    /// that much latency.
+    /// Write each stream's events at most once per flush tick (every this long; 0:
+    /// write at once): events less than a tick after the previous write wait for
+    /// the next tick and share one write; a first event after a quiet spell goes
+    /// out at once. Fewer writes on busy topics, for up to that much latency.
     #[arg(long, env = "HERALD_WRITE_LINGER", default_value = "0s", value_parser = duration)]
     pub(crate) write_linger: Duration,
 

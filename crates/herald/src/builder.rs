@@ -106,9 +106,12 @@ impl HubBuilder {
         self
     }
 
-    /// After an event, gather more for the same write until the hub's next flush
-    /// tick (one ticker, every `linger`): fewer writes for up to that much latency.
-    /// Default 0: write at once.
+    /// Writes each stream's events at most once per flush tick (one clock, ticking
+    /// every `linger`): an event that comes less than a tick after the stream's
+    /// previous write waits for the next tick, with everything else that arrives
+    /// meanwhile, and the stream does not wake for each of them. A first event
+    /// after a quiet spell goes out at once. Fewer writes on busy topics, for up to
+    /// `linger` of latency. Default 0: write at once.
     pub fn write_linger(mut self, linger: Duration) -> Self {
         self.config.write_linger = linger;
         self

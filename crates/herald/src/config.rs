@@ -41,11 +41,13 @@ pub struct HubConfig {
     /// new stream on such a topic replaces the one that had it, on any instance.
     /// The replaced stream gets `herald.replaced` and ends.
     pub exclusive_prefixes: Vec<String>,
-    /// After an event for a stream, wait for more to join the same write until
-    /// the hub's next flush tick (one ticker for all streams, every
-    /// `write_linger`): at most this long. Zero (the default) writes at once. A
-    /// few milliseconds trade that much latency for fewer writes per delivery
-    /// when topics are busy (see BENCHMARKS.md).
+    /// Write each stream's events at most once per flush tick (one clock for all
+    /// streams, ticking every `write_linger`, and early when a topic's ring is
+    /// half full): an event less than a tick after the stream's previous write
+    /// waits for the next tick, with all that arrives meanwhile; a first event
+    /// after a quiet spell goes out at once. Zero (the default) writes at once.
+    /// Trades up to this much latency for fewer writes per delivery on busy
+    /// topics (see BENCHMARKS.md).
     pub write_linger: Duration,
 }
 

@@ -8,9 +8,10 @@
 //! (`../shared/notes/dependencies.md` §3 measured this against a queue per subscriber.)
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::event::Topic;
 use crate::sse::Frame;
@@ -22,14 +23,61 @@ pub struct Fanout {
     topics: Mutex<HashMap<Topic, broadcast::Sender<Frame>>>,
     /// Ring size per topic: how far a subscriber may fall behind.
     capacity: usize,
+    /// With a write linger: the flush ticks, fired early when a ring fills up.
+    flush: Option<Arc<FlushTicks>>,
+}
+
+/// The write linger's clock (one for the hub): a tick count, advanced every
+/// `write_linger`, and a wake-up for the streams holding a write until the next tick.
+///
+/// A stream on a busy topic does not wake for each event: it waits for the tick
+/// after its previous write and then writes everything that arrived meanwhile. An
+/// event that finds a tick already passed since the stream's previous write goes
+/// out at once, so a quiet stream gets no added latency.
+#[derive(Debug, Default)]
+pub(crate) struct FlushTicks {
+    ticks: AtomicU64,
+    notify: Notify,
+}
+
+impl FlushTicks {
+    /// The ticks so far.
+    pub(crate) fn now(&self) -> u64 {
+        self.ticks.load(Ordering::Acquire)
+    }
+
+    /// Advances the clock and wakes every stream waiting for it.
+    pub(crate) fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Returns once the clock has moved past `seen`.
+    pub(crate) async fn after(&self, seen: u64) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a tick between the two is not missed.
+        notified.as_mut().enable();
+        if self.now() != seen {
+            return;
+        }
+        notified.await;
+    }
 }
 
 impl Fanout {
     /// A registry whose rings hold `capacity` frames per topic.
     pub fn new(capacity: usize) -> Self {
+        Self::with_flush(capacity, None)
+    }
+
+    /// A registry that fires `flush` early when a topic's ring is half full, so
+    /// streams holding writes for the linger drain it before anyone lags.
+    pub(crate) fn with_flush(capacity: usize, flush: Option<Arc<FlushTicks>>) -> Self {
         Self {
             topics: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            flush,
         }
     }
 
@@ -58,7 +106,17 @@ impl Fanout {
         match topics.get(topic) {
             // `send` fails only when there is no receiver left, which `release` is
             // about to clean up: nothing to deliver then.
-            Some(tx) => tx.send(frame).unwrap_or(0),
+            Some(tx) => {
+                let n = tx.send(frame).unwrap_or(0);
+                // Streams lingering for the next tick read nothing meanwhile: a
+                // busy topic must not overrun them (a tick early costs a write).
+                if let Some(flush) = &self.flush
+                    && tx.len() > self.capacity / 2
+                {
+                    flush.tick();
+                }
+                n
+            }
             None => 0,
         }
     }

@@ -18,7 +18,7 @@ use crate::backend::redis::{RedisBackend, RedisConfig, RedisSetupError};
 use crate::backend::{Backend, BackendError};
 use crate::config::{ConfigError, HubConfig};
 use crate::event::{Event, EventName, NameError, Position, Topic};
-use crate::fanout::Fanout;
+use crate::fanout::{Fanout, FlushTicks};
 use crate::metrics::Metrics;
 use crate::sse;
 
@@ -106,8 +106,8 @@ pub(crate) struct Inner {
     /// One heartbeat ticker for all streams: each stream holds a receiver (no timer
     /// per connection), and the heartbeat frame is shared.
     pub(crate) heartbeat: broadcast::Sender<Bytes>,
-    /// With a write linger: one flush ticker for all streams, every `write_linger`.
-    pub(crate) flush: Option<broadcast::Sender<()>>,
+    /// With a write linger: one flush clock for all streams, ticking every `write_linger`.
+    pub(crate) flush: Option<Arc<FlushTicks>>,
     /// Cancelled by [`Hub::shutdown`]: every stream ends with a `retry:` hint.
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when the last clone of the hub is dropped: stops the timers.
@@ -133,7 +133,8 @@ impl Hub {
     /// (it starts the heartbeat and history-expiry timers).
     pub fn new(config: HubConfig) -> Result<Self, ConfigError> {
         config.validate()?;
-        let fanout = Arc::new(Fanout::new(config.queue_size));
+        let flush = flush_ticks(&config);
+        let fanout = Arc::new(Fanout::with_flush(config.queue_size, flush.clone()));
         let memory = Arc::new(MemoryBackend::new(
             fanout.clone(),
             config.retention_events,
@@ -144,6 +145,7 @@ impl Hub {
         Ok(Self::assemble(
             config,
             fanout,
+            flush,
             memory,
             Metrics::new(),
             tasks,
@@ -156,7 +158,8 @@ impl Hub {
     /// [`backend::redis`](crate::backend::redis)).
     pub async fn with_redis(config: HubConfig, redis: RedisConfig) -> Result<Self, HubError> {
         config.validate()?;
-        let fanout = Arc::new(Fanout::new(config.queue_size));
+        let flush = flush_ticks(&config);
+        let fanout = Arc::new(Fanout::with_flush(config.queue_size, flush.clone()));
         let metrics = Metrics::new();
         let backend = RedisBackend::connect(
             &redis,
@@ -169,6 +172,7 @@ impl Hub {
         Ok(Self::assemble(
             config,
             fanout,
+            flush,
             Arc::new(backend),
             metrics,
             CancellationToken::new(),
@@ -178,17 +182,16 @@ impl Hub {
     fn assemble(
         config: HubConfig,
         fanout: Arc<Fanout>,
+        flush: Option<Arc<FlushTicks>>,
         backend: Arc<dyn Backend>,
         metrics: Metrics,
         tasks: CancellationToken,
     ) -> Self {
         let (heartbeat, _) = broadcast::channel(1);
         spawn_heartbeat(&config, heartbeat.clone(), tasks.clone());
-        let flush = (!config.write_linger.is_zero()).then(|| {
-            let (tx, _) = broadcast::channel(1);
-            spawn_flush_ticker(config.write_linger, tx.clone(), tasks.clone());
-            tx
-        });
+        if let Some(f) = &flush {
+            spawn_flush_ticker(config.write_linger, f.clone(), tasks.clone());
+        }
         let retry_frame = sse::retry(u64::try_from(config.retry.as_millis()).unwrap_or(u64::MAX));
         Self {
             inner: Arc::new(Inner {
@@ -402,20 +405,19 @@ fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: Cance
     });
 }
 
-fn spawn_flush_ticker(
-    every: std::time::Duration,
-    tx: broadcast::Sender<()>,
-    stop: CancellationToken,
-) {
+/// The write linger's clock, when the config asks for a linger.
+fn flush_ticks(config: &HubConfig) -> Option<Arc<FlushTicks>> {
+    (!config.write_linger.is_zero()).then(|| Arc::new(FlushTicks::default()))
+}
+
+fn spawn_flush_ticker(every: std::time::Duration, flush: Arc<FlushTicks>, stop: CancellationToken) {
     let mut every = tokio::time::interval(every);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = every.tick() => {
-                    let _ = tx.send(());
-                }
+                _ = every.tick() => flush.tick(),
             }
         }
     });

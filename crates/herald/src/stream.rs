@@ -19,6 +19,7 @@ use tokio::sync::broadcast;
 use tokio_stream::StreamMap;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendError;
 use crate::cursor::TopicSet;
@@ -66,9 +67,11 @@ struct Conn {
     /// When the subscriber's credentials expire, if they do.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     heartbeat: broadcast::Receiver<Bytes>,
-    /// With a write linger: the hub's flush ticks. After an event, the stream
-    /// gathers more until the next tick, then writes them at once.
-    flush: Option<broadcast::Receiver<()>>,
+    /// With a write linger: the flush tick at this stream's last write of events.
+    tick_seen: u64,
+    /// With a write linger: the last write was held for a tick (the topic is busy),
+    /// so the next one waits for the next tick without waking for each event.
+    busy: bool,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
     /// Written before anything live: retry, cursor, reset, history.
@@ -163,7 +166,8 @@ pub(crate) async fn open(
         live,
         deadline,
         heartbeat: inner.heartbeat.subscribe(),
-        flush: inner.flush.as_ref().map(broadcast::Sender::subscribe),
+        tick_seen: 0,
+        busy: false,
         positions,
         prelude: None,
         exclusive,
@@ -183,6 +187,14 @@ pub(crate) async fn open(
         let chunk = conn.next_chunk().await?;
         Some((Ok(chunk), conn))
     }))
+}
+
+/// Completes when the credentials' `deadline` has passed; never without one.
+async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline.as_mut() {
+        Some(d) => d.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Publishes a takeover marker on each exclusive topic of `set`; returns their
@@ -298,6 +310,21 @@ impl Conn {
         let mut chunk = Chunk::default();
         let mut delivered = 0u64;
         let shutdown = self.registration.inner.shutdown.clone();
+        if self.busy {
+            // A write linger on a busy stream: no wake per event; at the next
+            // flush tick, whatever arrived since the last write goes out in one.
+            // On shutdown or expiry, what arrived is still written; the wait
+            // below then ends the stream.
+            let ticked = self.wait_tick(&shutdown).await;
+            if self.drain(&mut chunk, &mut delivered).is_err() {
+                return Some(self.end_slow(chunk, delivered));
+            }
+            self.busy = ticked && delivered > 0;
+            if chunk.len() > 0 {
+                return Some(self.finish(chunk, delivered));
+            }
+            // Quiet since the last write: wait as usual.
+        }
         let deadline = &mut self.deadline;
         tokio::select! {
             biased;
@@ -305,12 +332,7 @@ impl Conn {
                 self.done = true;
                 return Some(self.inner().retry_frame.clone());
             }
-            _ = async {
-                match deadline.as_mut() {
-                    Some(d) => d.as_mut().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            _ = expiry(deadline) => {
                 tracing::debug!("credentials expired: ending the stream");
                 self.done = true;
                 return Some(self.inner().retry_frame.clone());
@@ -323,7 +345,7 @@ impl Conn {
                     return Some(self.inner().retry_frame.clone());
                 }
                 Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
-                Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => return Some(self.end_slow(chunk)),
+                Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => return Some(self.end_slow(chunk, delivered)),
                 // Senders live while a receiver does; this cannot happen, but ending is right if it does.
                 None => return None,
             },
@@ -336,57 +358,64 @@ impl Conn {
                 }
             },
         }
-        // With a write linger, wait that long after the first event for more to
-        // join the same write (fewer writes per delivery, at the cost of latency).
+        // With a write linger, a stream writes events at most once per flush tick:
+        // when its last write was after the latest tick, this event waits for the
+        // next one, and so does every later event while they keep coming.
         if delivered > 0
-            && let Some(mut flush) = self.flush.take()
+            && let Some(flush) = self.inner().flush.as_ref()
+            && flush.now() == self.tick_seen
         {
-            // Ticks that fired before this event do not count.
-            while let Ok(()) | Err(broadcast::error::TryRecvError::Lagged(_)) = flush.try_recv() {}
-            let mut slow = false;
-            while chunk.len() < COALESCE_BYTES && !self.done {
-                tokio::select! {
-                    biased;
-                    // Flush now; the next call ends the stream.
-                    _ = shutdown.cancelled() => break,
-                    _ = flush.recv() => break,
-                    item = self.live.next() => match item {
-                        Some((i, Ok(frame))) => {
-                            delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
-                        }
-                        Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                            slow = true;
-                            break;
-                        }
-                        // A closed ring: the next call ends the stream.
-                        None => break,
-                    },
-                }
-            }
-            self.flush = Some(flush);
-            if slow {
-                self.inner().metrics.events_delivered.inc_by(delivered);
-                return Some(self.end_slow(chunk));
-            }
+            self.busy = self.wait_tick(&shutdown).await;
         }
         // Coalesce whatever else is queued already into the same write.
+        if self.drain(&mut chunk, &mut delivered).is_err() {
+            return Some(self.end_slow(chunk, delivered));
+        }
+        Some(self.finish(chunk, delivered))
+    }
+
+    /// Moves every frame queued on the live rings into `chunk` (up to
+    /// `COALESCE_BYTES`), counting the ones written in `delivered`. `Err` when a
+    /// ring overran this stream.
+    fn drain(&mut self, chunk: &mut Chunk, delivered: &mut u64) -> Result<(), ()> {
         while chunk.len() < COALESCE_BYTES && !self.done {
             match self.live.next().now_or_never() {
                 Some(Some((i, Ok(frame)))) => {
-                    delivered += u64::from(self.write_chunk(i, &frame, &mut chunk));
+                    *delivered += u64::from(self.write_chunk(i, &frame, chunk));
                 }
-                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => {
-                    self.inner().metrics.events_delivered.inc_by(delivered);
-                    return Some(self.end_slow(chunk));
-                }
+                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => return Err(()),
+                // Nothing queued, or a closed ring (the next wait ends the stream).
                 _ => break,
             }
         }
-        self.inner().metrics.events_delivered.inc_by(delivered);
-        match chunk.finish() {
-            Some(b) => Some(b),
-            // Only duplicates arrived (dropped); nothing to write yet.
-            None => Some(Bytes::new()),
+        Ok(())
+    }
+
+    /// The bytes of `chunk` to write; counts the deliveries and notes the tick.
+    fn finish(&mut self, chunk: Chunk, delivered: u64) -> Bytes {
+        let inner = &self.registration.inner;
+        inner.metrics.events_delivered.inc_by(delivered);
+        if delivered > 0
+            && let Some(flush) = inner.flush.as_ref()
+        {
+            self.tick_seen = flush.now();
+        }
+        // Empty when only duplicates arrived (dropped): nothing to write yet.
+        chunk.finish().unwrap_or_default()
+    }
+
+    /// Waits for the first flush tick after this stream's last write of events.
+    /// `false` when the hub shuts down or the credentials expire first (the next
+    /// wait ends the stream).
+    async fn wait_tick(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(flush) = self.registration.inner.flush.as_ref() else {
+            return true;
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = expiry(&mut self.deadline) => false,
+            _ = flush.after(self.tick_seen) => true,
         }
     }
 
@@ -406,11 +435,134 @@ impl Conn {
         out.push(sse::encode_event(None, "herald.replaced", data.as_bytes()));
     }
 
-    fn end_slow(&mut self, mut chunk: Chunk) -> Bytes {
+    fn end_slow(&mut self, mut chunk: Chunk, delivered: u64) -> Bytes {
+        self.inner().metrics.events_delivered.inc_by(delivered);
         self.done = true;
         self.inner().metrics.slow_disconnected.inc();
         tracing::debug!("slow subscriber disconnected");
         chunk.push(self.inner().retry_frame.clone());
         chunk.finish().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The write linger's timing, on tokio's paused clock: time moves only when
+    //! every task waits for a timer, so "went out at once" is an exact zero.
+
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::HubConfig;
+
+    fn linger_hub(linger_ms: u64, queue_size: usize) -> Hub {
+        Hub::new(HubConfig {
+            write_linger: Duration::from_millis(linger_ms),
+            queue_size,
+            ..HubConfig::default()
+        })
+        .expect("valid config")
+    }
+
+    /// The `data:` values of one chunk.
+    fn data(chunk: &Bytes) -> Vec<u64> {
+        std::str::from_utf8(chunk)
+            .expect("utf-8")
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| d.parse().expect("a number"))
+            .collect()
+    }
+
+    async fn next(
+        s: &mut (impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Unpin),
+    ) -> Bytes {
+        match s.next().await {
+            Some(Ok(b)) => b,
+            None => panic!("the stream ended"),
+        }
+    }
+
+    async fn publish(hub: &Hub, n: u64) {
+        hub.publish("a", "n", &n).await.expect("published");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_holds_writes_only_while_events_keep_coming() {
+        let hub = linger_hub(100, 256);
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let s = open(&hub, set, None, None).await.expect("opened");
+        let mut s = Box::pin(s);
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        // Between two ticks (every 100 ms from the start), not on one.
+        tokio::time::sleep(Duration::from_millis(1050)).await;
+
+        // The first event after a quiet spell goes out at once.
+        publish(&hub, 1).await;
+        let start = Instant::now();
+        assert_eq!(data(&next(&mut s).await), [1]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // Events right after a write wait for the next tick and share one write.
+        publish(&hub, 2).await;
+        publish(&hub, 3).await;
+        assert_eq!(data(&next(&mut s).await), [2, 3]);
+        let held = start.elapsed();
+        assert!(
+            held > Duration::ZERO && held <= Duration::from_millis(100),
+            "{held:?}"
+        );
+
+        // While they keep coming, each write waits for the following tick.
+        publish(&hub, 4).await;
+        let start = Instant::now();
+        assert_eq!(data(&next(&mut s).await), [4]);
+        let held = start.elapsed();
+        assert!(
+            held > Duration::ZERO && held <= Duration::from_millis(100),
+            "{held:?}"
+        );
+
+        // A tick with nothing to write ends the busy spell: the stream waits as
+        // usual (no chunk, not even empty ones), and the next event goes out at once.
+        let quiet = tokio::time::timeout(Duration::from_secs(1), s.next()).await;
+        assert!(quiet.is_err(), "nothing to write: {quiet:?}");
+        publish(&hub, 5).await;
+        let start = Instant::now();
+        assert_eq!(data(&next(&mut s).await), [5]);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(hub.inner.metrics.events_delivered.get(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn linger_never_lets_a_busy_topic_overrun_a_stream() {
+        // A ring of 8 and a linger of a second: 40 events a millisecond apart
+        // would overrun a stream that waited for the tick, so the fanout ticks early.
+        let hub = linger_hub(1000, 8);
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let s = open(&hub, set, None, None).await.expect("opened");
+        let reader = tokio::spawn(async move {
+            let mut s = Box::pin(s);
+            let mut got = Vec::new();
+            let mut writes = 0;
+            while got.len() < 40 {
+                let chunk = next(&mut s).await;
+                writes += 1;
+                got.extend(data(&chunk));
+            }
+            (got, writes)
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for n in 1..=40 {
+            publish(&hub, n).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (got, writes) = reader.await.expect("reader");
+        assert_eq!(got, (1..=40).collect::<Vec<_>>());
+        assert_eq!(hub.inner.metrics.slow_disconnected.get(), 0);
+        // Gathered, not one write per event (the prelude is one of them).
+        assert!(writes < 20, "{writes} writes");
     }
 }
