@@ -367,6 +367,27 @@ async fn exclusive_topic_keeps_only_the_newest_stream() {
 }
 
 #[tokio::test]
+async fn write_linger_never_lets_a_burst_overrun_a_held_stream() {
+    // A one-second linger and a ring of 8: a stream holding its writes for the
+    // next tick would be overrun by this burst and cut as slow, but the hub
+    // flushes early when a ring is half full.
+    let h = Herald::start(&["--write-linger", "1s", "--queue-size", "8"]);
+    let mut s = Sse::open(&h.url("/events?topic=a"), None).await;
+    h.send("a", "n", json!(0)).await;
+    assert_eq!(s.next().await.json(), json!(0));
+    for i in 1..=40 {
+        h.send("a", "n", json!(i)).await;
+    }
+    for i in 1..=40 {
+        assert_eq!(s.next().await.json(), json!(i));
+    }
+    assert_eq!(
+        h.metric("herald_slow_subscribers_disconnected_total").await,
+        0.0
+    );
+}
+
+#[tokio::test]
 async fn write_linger_delivers_everything_in_order_once() {
     let h = Herald::start(&["--write-linger", "20ms"]);
     let mut single = Sse::open(&h.url("/events?topic=a"), None).await;
