@@ -5,6 +5,11 @@
 //! reads every socket with epoll, as a load tool would. Prints the sender's and the
 //! receiver's CPU time per send (per-thread CPU clocks).
 //!
+//! An optional fifth argument sends each round to only that many sockets, taken in
+//! turn, so each socket is idle between its sends (the spread scenario's shape:
+//! `send-cost writev 10000 10000 1 10` is 10 sends every millisecond over 10,000
+//! sockets, each written once a second).
+//!
 //! ```sh
 //! cd bench-tools/send-cost && cargo build --release
 //! ulimit -n 20000
@@ -26,8 +31,10 @@ fn thread_cpu() -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: send-cost write|writev|uring CONNECTIONS ROUNDS INTERVAL_MS");
+    if args.len() != 5 && args.len() != 6 {
+        eprintln!(
+            "usage: send-cost write|writev|uring CONNECTIONS ROUNDS INTERVAL_MS [PER_ROUND]"
+        );
         std::process::exit(2);
     }
     let mode = args[1].clone();
@@ -38,6 +45,8 @@ fn main() {
     let n: usize = args[2].parse().expect("CONNECTIONS");
     let rounds: usize = args[3].parse().expect("ROUNDS");
     let interval_ms: u64 = args[4].parse().expect("INTERVAL_MS");
+    let per: usize = args.get(5).map_or(n, |a| a.parse().expect("PER_ROUND"));
+    assert!(per >= 1 && per <= n, "PER_ROUND is 1..=CONNECTIONS");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut clients = Vec::new();
@@ -50,7 +59,7 @@ fn main() {
         clients.push(c);
         servers.push(s);
     }
-    let total = n * rounds;
+    let total = per * rounds;
     // Receiver: epoll over every client socket (mio), counting bytes.
     let recv = std::thread::spawn(move || {
         let mut poll = mio::Poll::new().unwrap();
@@ -87,12 +96,17 @@ fn main() {
     let payload = [b'x'; 150];
     let fds: Vec<i32> = servers.iter().map(|s| s.as_raw_fd()).collect();
     let mut ring = io_uring::IoUring::new(4096).unwrap();
+    let mut sel: Vec<i32> = Vec::with_capacity(per);
     let t0 = thread_cpu();
     let start = Instant::now();
     for r in 0..rounds {
+        let first = (r * per) % n;
+        sel.clear();
+        sel.extend((0..per).map(|k| fds[(first + k) % n]));
+        let fds = &sel[..];
         match mode.as_str() {
             "write" => {
-                for &fd in &fds {
+                for &fd in fds {
                     let k = unsafe { libc::write(fd, payload.as_ptr().cast(), payload.len()) };
                     assert_eq!(k, 150);
                 }
@@ -113,7 +127,7 @@ fn main() {
                         iov_len: 2,
                     },
                 ];
-                for &fd in &fds {
+                for &fd in fds {
                     let k = unsafe { libc::writev(fd, iov.as_ptr(), 3) };
                     assert_eq!(k, 150);
                 }
