@@ -32,9 +32,7 @@ fn thread_cpu() -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 5 && args.len() != 6 {
-        eprintln!(
-            "usage: send-cost write|writev|uring CONNECTIONS ROUNDS INTERVAL_MS [PER_ROUND]"
-        );
+        eprintln!("usage: send-cost write|writev|uring CONNECTIONS ROUNDS INTERVAL_MS [PER_ROUND]");
         std::process::exit(2);
     }
     let mode = args[1].clone();
