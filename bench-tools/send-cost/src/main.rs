@@ -7,8 +7,9 @@
 //!
 //! An optional fifth argument sends each round to only that many sockets, taken in
 //! turn, so each socket is idle between its sends (the spread scenario's shape:
-//! `send-cost writev 10000 10000 1 10` is 10 sends every millisecond over 10,000
-//! sockets, each written once a second).
+//! `send-cost writev 9000 10000 1 9` is 9 sends every millisecond over 9,000
+//! sockets, each written once a second; the probe holds both ends of each
+//! connection, so 20,000 open files allow fewer than 10,000).
 //!
 //! ```sh
 //! cd bench-tools/send-cost && cargo build --release
