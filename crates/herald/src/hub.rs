@@ -104,8 +104,10 @@ pub(crate) struct Inner {
     pub(crate) backend: Arc<dyn Backend>,
     pub(crate) metrics: Metrics,
     /// One heartbeat ticker for all streams: each stream holds a receiver (no timer
-    /// per connection), and the heartbeat frame is shared.
-    pub(crate) heartbeat: broadcast::Sender<Bytes>,
+    /// per connection), and the heartbeat frame is shared. The only strong sender
+    /// (the ticker holds a weak one): [`Hub::shutdown`] drops it, which closes the
+    /// channel and so ends every stream, with no second wait per stream for it.
+    heartbeat: Mutex<Option<broadcast::Sender<Bytes>>>,
     /// With a write linger: one flush clock for all streams, ticking every `write_linger`.
     pub(crate) flush: Option<Arc<FlushTicks>>,
     /// Cancelled by [`Hub::shutdown`]: every stream ends with a `retry:` hint.
@@ -120,6 +122,21 @@ pub(crate) struct Inner {
     pub(crate) authorizer: OnceLock<Arc<dyn Authorize>>,
     /// Open streams per client address (`Hub::serve` only).
     pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Inner {
+    fn lock_heartbeat(&self) -> std::sync::MutexGuard<'_, Option<broadcast::Sender<Bytes>>> {
+        // Only `take` and `subscribe` run under it: nothing to leave half-done.
+        self.heartbeat.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A stream's heartbeat receiver; `None` once the hub is shutting down. The
+    /// channel closes at shutdown: a stream ends when its receiver says so.
+    pub(crate) fn heartbeats(&self) -> Option<broadcast::Receiver<Bytes>> {
+        self.lock_heartbeat()
+            .as_ref()
+            .map(broadcast::Sender::subscribe)
+    }
 }
 
 impl Drop for Inner {
@@ -188,7 +205,7 @@ impl Hub {
         tasks: CancellationToken,
     ) -> Self {
         let (heartbeat, _) = broadcast::channel(1);
-        spawn_heartbeat(&config, heartbeat.clone(), tasks.clone());
+        spawn_heartbeat(&config, heartbeat.downgrade(), tasks.clone());
         if let Some(f) = &flush {
             spawn_flush_ticker(config.write_linger, f.clone(), tasks.clone());
         }
@@ -199,7 +216,7 @@ impl Hub {
                 fanout,
                 backend,
                 metrics,
-                heartbeat,
+                heartbeat: Mutex::new(Some(heartbeat)),
                 flush,
                 shutdown: CancellationToken::new(),
                 tasks,
@@ -355,6 +372,8 @@ impl Hub {
     /// a load balancer sends them there). New streams are refused with 503 after this.
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        // Closing the heartbeat channel wakes every stream waiting for an event.
+        drop(self.inner.lock_heartbeat().take());
     }
 
     /// A snapshot of connections, topics and counters.
@@ -383,7 +402,7 @@ impl Hub {
     }
 }
 
-fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: CancellationToken) {
+fn spawn_heartbeat(config: &HubConfig, tx: broadcast::WeakSender<Bytes>, stop: CancellationToken) {
     let frame = if config.heartbeat_event {
         sse::encode_event(None, "heartbeat", b"{}")
     } else {
@@ -397,6 +416,8 @@ fn spawn_heartbeat(config: &HubConfig, tx: broadcast::Sender<Bytes>, stop: Cance
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = every.tick() => {
+                    // Gone at shutdown: no more heartbeats.
+                    let Some(tx) = tx.upgrade() else { return };
                     // No receiver (no stream open) is fine.
                     let _ = tx.send(frame.clone());
                 }

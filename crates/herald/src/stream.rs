@@ -14,11 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::Stream;
 use tokio::sync::broadcast;
-use tokio_stream::StreamMap;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendError;
@@ -61,9 +59,10 @@ impl Drop for Registration {
 }
 
 struct Conn {
-    /// Declared before `registration`: fields drop in order, so the receivers are
-    /// gone when the registration releases the topics.
-    live: StreamMap<usize, BroadcastStream<Frame>>,
+    /// One receiver per topic, in the topic set's order. Declared before
+    /// `registration`: fields drop in order, so the receivers are gone when the
+    /// registration releases the topics.
+    live: Vec<broadcast::Receiver<Frame>>,
     /// When the subscriber's credentials expire, if they do.
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     heartbeat: broadcast::Receiver<Bytes>,
@@ -95,6 +94,8 @@ pub(crate) async fn open(
     if inner.shutdown.is_cancelled() {
         return Err(OpenError::ShuttingDown);
     }
+    // Taken first: a shutdown from here on closes it, and the stream ends.
+    let heartbeat = inner.heartbeats().ok_or(OpenError::ShuttingDown)?;
     let max = inner.config.max_connections;
     if inner.connections.fetch_add(1, Ordering::Relaxed) >= max {
         inner.connections.fetch_sub(1, Ordering::Relaxed);
@@ -111,10 +112,11 @@ pub(crate) async fn open(
     let set = &registration.set;
 
     // Live first...
-    let mut live = StreamMap::with_capacity(set.topics().len());
-    for (i, t) in set.topics().iter().enumerate() {
-        live.insert(i, BroadcastStream::new(inner.fanout.subscribe(t)));
-    }
+    let live: Vec<_> = set
+        .topics()
+        .iter()
+        .map(|t| inner.fanout.subscribe(t))
+        .collect();
     // ...make sure every instance's events reach this one...
     inner.backend.listen(set.topics()).await?;
     // ...take exclusive topics (streams holding them, anywhere, see the marker
@@ -165,7 +167,7 @@ pub(crate) async fn open(
     let mut conn = Conn {
         live,
         deadline,
-        heartbeat: inner.heartbeat.subscribe(),
+        heartbeat,
         tick_seen: 0,
         busy: false,
         positions,
@@ -187,6 +189,25 @@ pub(crate) async fn open(
         let chunk = conn.next_chunk().await?;
         Some((Ok(chunk), conn))
     }))
+}
+
+/// Waits for the next frame on any of `live`: the topic's index and what its ring
+/// gave. `None` without topics.
+///
+/// Receiving is cancel-safe, so when one topic delivers, the waits on the others
+/// are dropped without losing anything.
+async fn recv_any(
+    live: &mut [broadcast::Receiver<Frame>],
+) -> Option<(usize, Result<Frame, RecvError>)> {
+    match live {
+        [] => None,
+        [rx] => Some((0, rx.recv().await)),
+        rxs => {
+            let waits = rxs.iter_mut().map(|rx| Box::pin(rx.recv()));
+            let (got, i, _) = futures_util::future::select_all(waits).await;
+            Some((i, got))
+        }
+    }
 }
 
 /// Completes when the credentials' `deadline` has passed; never without one.
@@ -307,15 +328,22 @@ impl Conn {
         if self.done {
             return None;
         }
+        // The hub is shutting down (one atomic load: a busy stream notices it here).
+        if self.heartbeat.is_closed() {
+            self.done = true;
+            return Some(self.inner().retry_frame.clone());
+        }
         let mut chunk = Chunk::default();
         let mut delivered = 0u64;
-        let shutdown = self.registration.inner.shutdown.clone();
+        // The hub, held apart from `self` (an `Arc`: no lock, unlike cloning the token).
+        let inner = self.registration.inner.clone();
+        let shutdown = &inner.shutdown;
         if self.busy {
             // A write linger on a busy stream: no wake per event; at the next
             // flush tick, whatever arrived since the last write goes out in one.
             // On shutdown or expiry, what arrived is still written; the wait
             // below then ends the stream.
-            let ticked = self.wait_tick(&shutdown).await;
+            let ticked = self.wait_tick(shutdown).await;
             if self.drain(&mut chunk, &mut delivered).is_err() {
                 return Some(self.end_slow(chunk, delivered));
             }
@@ -326,27 +354,25 @@ impl Conn {
             // Quiet since the last write: wait as usual.
         }
         let deadline = &mut self.deadline;
+        // Each wait registers to be woken; the heartbeat last, as it rarely has
+        // anything. Shutdown closes the heartbeat channel, which wakes this.
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => {
-                self.done = true;
-                return Some(self.inner().retry_frame.clone());
-            }
             _ = expiry(deadline) => {
                 tracing::debug!("credentials expired: ending the stream");
                 self.done = true;
                 return Some(self.inner().retry_frame.clone());
             }
-            item = self.live.next() => match item {
+            item = recv_any(&mut self.live) => match item {
+                Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
+                Some((_, Err(RecvError::Lagged(_)))) => return Some(self.end_slow(chunk, delivered)),
                 // A topic's ring was closed (the backend lost events it cannot replay
                 // live): end the stream; the client's resume gets `herald.reset`.
-                _ if self.live.len() < self.positions.len() => {
+                Some((_, Err(RecvError::Closed))) => {
                     self.done = true;
                     return Some(self.inner().retry_frame.clone());
                 }
-                Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
-                Some((_, Err(BroadcastStreamRecvError::Lagged(_)))) => return Some(self.end_slow(chunk, delivered)),
-                // Senders live while a receiver does; this cannot happen, but ending is right if it does.
+                // A set has at least one topic; ending is right if it has none.
                 None => return None,
             },
             beat = self.heartbeat.recv() => match beat {
@@ -365,7 +391,7 @@ impl Conn {
             && let Some(flush) = self.inner().flush.as_ref()
             && flush.now() == self.tick_seen
         {
-            self.busy = self.wait_tick(&shutdown).await;
+            self.busy = self.wait_tick(shutdown).await;
         }
         // Coalesce whatever else is queued already into the same write.
         if self.drain(&mut chunk, &mut delivered).is_err() {
@@ -377,18 +403,30 @@ impl Conn {
     /// Moves every frame queued on the live rings into `chunk` (up to
     /// `COALESCE_BYTES`), counting the ones written in `delivered`. `Err` when a
     /// ring overran this stream.
+    ///
+    /// Takes one frame per topic in turn (topics interleave roughly as published),
+    /// with `try_recv`: nothing registers to be woken, as a poll would.
     fn drain(&mut self, chunk: &mut Chunk, delivered: &mut u64) -> Result<(), ()> {
-        while chunk.len() < COALESCE_BYTES && !self.done {
-            match self.live.next().now_or_never() {
-                Some(Some((i, Ok(frame)))) => {
-                    *delivered += u64::from(self.write_chunk(i, &frame, chunk));
+        loop {
+            let mut got = false;
+            for i in 0..self.live.len() {
+                if chunk.len() >= COALESCE_BYTES || self.done {
+                    return Ok(());
                 }
-                Some(Some((_, Err(BroadcastStreamRecvError::Lagged(_))))) => return Err(()),
-                // Nothing queued, or a closed ring (the next wait ends the stream).
-                _ => break,
+                match self.live[i].try_recv() {
+                    Ok(frame) => {
+                        got = true;
+                        *delivered += u64::from(self.write_chunk(i, &frame, chunk));
+                    }
+                    Err(TryRecvError::Lagged(_)) => return Err(()),
+                    // Nothing queued, or a closed ring (the next wait ends the stream).
+                    Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+                }
+            }
+            if !got {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// The bytes of `chunk` to write; counts the deliveries and notes the tick.
@@ -452,6 +490,7 @@ mod tests {
 
     use std::time::Duration;
 
+    use futures_util::StreamExt;
     use tokio::time::Instant;
 
     use super::*;
@@ -564,5 +603,56 @@ mod tests {
         assert_eq!(hub.inner.metrics.slow_disconnected.get(), 0);
         // Gathered, not one write per event (the prelude is one of them).
         assert!(writes < 20, "{writes} writes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_stream_with_events_still_queued() {
+        // Shutdown closes the heartbeat channel; a stream with events waiting
+        // notices it before reading them (and an idle one is woken by it).
+        let hub = linger_hub(0, 256);
+        let set = TopicSet::parse(["a", "b"], 32).expect("topics");
+        let s = open(&hub, set, None, None).await.expect("opened");
+        let mut s = Box::pin(s);
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        publish(&hub, 1).await;
+        assert_eq!(data(&next(&mut s).await), [1]);
+        for n in 2..=5 {
+            publish(&hub, n).await;
+        }
+        hub.shutdown();
+        assert_eq!(next(&mut s).await, hub.inner.retry_frame);
+        assert!(s.next().await.is_none(), "the stream ended");
+        assert!(matches!(
+            open(&hub, TopicSet::parse(["a"], 32).expect("topic"), None, None).await,
+            Err(OpenError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_on_several_topics_gets_each_in_order() {
+        let hub = linger_hub(0, 256);
+        let set = TopicSet::parse(["a", "b", "c"], 32).expect("topics");
+        let s = open(&hub, set, None, None).await.expect("opened");
+        let mut s = Box::pin(s);
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        let mut got = Vec::new();
+        for n in 1..=30u64 {
+            let topic = ["a", "b", "c"][(n % 3) as usize];
+            hub.publish(topic, "n", &n).await.expect("published");
+            if n % 7 == 0 {
+                got.extend(data(&next(&mut s).await));
+            }
+        }
+        while got.len() < 30 {
+            got.extend(data(&next(&mut s).await));
+        }
+        // Within a topic, in order; across topics, all of them once.
+        for t in 0..3u64 {
+            let on_t: Vec<u64> = got.iter().copied().filter(|n| n % 3 == t).collect();
+            assert!(on_t.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        }
+        let mut all = got.clone();
+        all.sort_unstable();
+        assert_eq!(all, (1..=30).collect::<Vec<_>>());
     }
 }

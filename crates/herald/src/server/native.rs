@@ -155,7 +155,11 @@ pub(crate) async fn serve_events(
     tokio::pin!(stream);
     let mut scratch = [0u8; 64];
     loop {
+        // The stream first: while it has chunks ready, the socket's read side is
+        // not polled (each poll of it registers to be woken); it is polled
+        // whenever the stream waits, so a client that leaves is still noticed.
         let chunk = tokio::select! {
+            biased;
             chunk = stream.next() => chunk,
             // Notice a client that leaves while the stream is idle; ignore anything
             // it sends (an EventSource sends nothing more).
