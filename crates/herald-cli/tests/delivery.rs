@@ -422,3 +422,176 @@ async fn write_linger_delivers_everything_in_order_once() {
     let mut again = Sse::open(&h.url("/events?topic=a,b"), Some(&cursor)).await;
     assert_eq!(again.next().await.json()["i"], 99);
 }
+
+/// Reads `n` events from `s`: (publisher, sequence) pairs, checking that the
+/// cursors only move forward.
+async fn read_pairs(s: &mut Sse, n: usize) -> Vec<(u64, u64)> {
+    let mut got = Vec::with_capacity(n);
+    let mut last_id = String::new();
+    while got.len() < n {
+        let ev = s.next().await;
+        // Single-topic cursors are positions `<ms>-<seq>`: compare them as numbers.
+        let pos = |id: &str| -> (u64, u64) {
+            let (ms, seq) = id.split_once('-').unwrap();
+            (ms.parse().unwrap(), seq.parse().unwrap())
+        };
+        if !last_id.is_empty() && !ev.id.contains(',') {
+            assert!(pos(&ev.id) > pos(&last_id), "{} after {last_id}", ev.id);
+        }
+        last_id = ev.id.clone();
+        let v = ev.json();
+        got.push((v["p"].as_u64().unwrap(), v["i"].as_u64().unwrap()));
+    }
+    got
+}
+
+/// Publishers write straight to idle streams (no wake of the stream's task):
+/// several at once on one topic, each subscriber still gets every event once, in
+/// the order the hub took them.
+#[tokio::test]
+async fn concurrent_publishers_reach_every_stream_once_in_order() {
+    let h = Herald::start(&[]);
+    let urls = ["/events?topic=t", "/events?topic=t,u", "/events?topic=u,t"];
+    let mut subs = Vec::new();
+    for i in 0..6 {
+        subs.push(Sse::open(&h.url(urls[i % 3]), None).await);
+    }
+    let (publishers, per) = (4u64, 100u64);
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move { read_pairs(&mut s, (publishers * per) as usize).await })
+        })
+        .collect();
+    let sends: Vec<_> = (0..publishers)
+        .map(|p| {
+            let (url, client) = (h.url("/publish"), support::client());
+            tokio::spawn(async move {
+                for i in 0..per {
+                    let res = client
+                        .post(&url)
+                        .json(&json!({"topic": "t", "data": {"p": p, "i": i}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(res.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for s in sends {
+        s.await.unwrap();
+    }
+    for r in readers {
+        let got = r.await.unwrap();
+        // Each publisher's events in its order (it waited for each answer)...
+        for p in 0..publishers {
+            let mine: Vec<u64> = got.iter().filter(|e| e.0 == p).map(|e| e.1).collect();
+            assert_eq!(mine, (0..per).collect::<Vec<_>>(), "publisher {p}");
+        }
+        // ...and nothing else, nothing twice.
+        assert_eq!(got.len() as u64, publishers * per);
+    }
+    assert_eq!(
+        h.metric("herald_events_delivered_total").await,
+        (6 * publishers * per) as f64
+    );
+}
+
+/// A socket that does not take a publisher's write at once: the publisher hands
+/// the rest to the stream's own task, which writes it with back-pressure.
+/// Nothing is lost, nothing repeated, nothing out of order.
+#[tokio::test]
+async fn a_full_socket_hands_the_write_back_and_loses_nothing() {
+    let h = Herald::start(&["--queue-size", "1024"]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    let big = "x".repeat(30_000);
+    let n = 600u64; // ~18 MB: more than the kernel buffers hold while the client waits
+    // The client reads nothing until everything is published.
+    for i in 0..n {
+        h.send("t", "n", json!({"i": i, "pad": big})).await;
+    }
+    assert!(
+        h.metric("herald_writes_handed_back_total").await >= 1.0,
+        "the socket filled up and a publisher handed a write back"
+    );
+    for i in 0..n {
+        assert_eq!(s.next().await.json()["i"], i);
+    }
+    assert_eq!(
+        h.metric("herald_slow_subscribers_disconnected_total").await,
+        0.0
+    );
+    assert_eq!(h.metric("herald_events_delivered_total").await, n as f64);
+    // Then the stream is idle again: publishers write to it directly.
+    let before = h.metric("herald_writes_handed_back_total").await;
+    h.send("t", "n", json!({"i": n})).await;
+    assert_eq!(s.next().await.json()["i"], n);
+    assert_eq!(h.metric("herald_writes_handed_back_total").await, before);
+}
+
+/// The same over HTTP/1.0 (no chunked framing: a handed-back write must not add any).
+#[tokio::test]
+async fn a_full_http10_socket_loses_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Herald::start(&["--queue-size", "1024"]);
+    let mut sock = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    sock.write_all(b"GET /events?topic=t HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("subscribed", || async {
+        h.status().await["subscriptions"] == 1
+    })
+    .await;
+    let big = "y".repeat(30_000);
+    let n = 600u64;
+    for i in 0..n {
+        h.send("t", "n", json!({"i": i, "pad": big})).await;
+    }
+    assert!(h.metric("herald_writes_handed_back_total").await >= 1.0);
+    let mut body = Vec::new();
+    let want = format!("\"i\":{}", n - 1);
+    let mut buf = vec![0u8; 1 << 16];
+    while !String::from_utf8_lossy(&body[body.len().saturating_sub(40_000)..]).contains(&want) {
+        let k = sock.read(&mut buf).await.unwrap();
+        assert!(k > 0, "the stream ended early");
+        body.extend_from_slice(&buf[..k]);
+    }
+    let text = String::from_utf8(body).unwrap();
+    let (head, stream) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("chunked"), "{head}");
+    let got: Vec<u64> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| {
+            serde_json::from_str::<serde_json::Value>(d).unwrap()["i"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
+/// A topic with more streams than publishers write to inline: their tasks are
+/// woken to write instead, and every stream gets everything.
+#[tokio::test]
+async fn a_large_fan_out_is_written_by_the_streams_tasks() {
+    let h = Herald::start(&[]);
+    let mut subs = Vec::new();
+    for _ in 0..80 {
+        subs.push(Sse::open(&h.url("/events?topic=t"), None).await);
+    }
+    let n = 20u64;
+    for i in 0..n {
+        h.send("t", "n", json!({"i": i})).await;
+    }
+    for s in &mut subs {
+        for i in 0..n {
+            assert_eq!(s.next().await.json()["i"], i);
+        }
+    }
+    assert_eq!(
+        h.metric("herald_events_delivered_total").await,
+        (80 * n) as f64
+    );
+}

@@ -698,3 +698,27 @@ async fn exclusive_session_moves_between_instances_on_a_cluster() {
     args.push("--redis-cluster".into());
     exclusive_session_moves_between_instances(&args).await;
 }
+
+/// Redis comes back without its data (no persistence): the hub cannot tell what
+/// it missed while away, so when it reconnects it ends its local streams of the
+/// topic. An idle stream waits on nothing a publisher wakes: the topic's closed
+/// ring wakes it. The client's resume from its cursor gets `herald.reset`.
+#[tokio::test]
+async fn redis_losing_its_data_ends_idle_streams_which_resume_with_a_reset() {
+    let mut r = Redis::start();
+    let h = on_redis(&redis_args(&r), &[]);
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    h.send("t", "n", json!(1)).await;
+    assert_eq!(next_data(&mut s).await, json!(1));
+    let cursor = s.last_id.clone();
+    r.stop();
+    r.restart();
+    // The stream ends (after its `retry:` hint) with nothing published and no
+    // heartbeat (15 s away) to wake it.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(10), s.rest())
+        .await
+        .expect("the stream ended");
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut again = Sse::open(&h.url("/events?topic=t"), Some(&cursor)).await;
+    assert_eq!(again.next().await.event, "herald.reset");
+}

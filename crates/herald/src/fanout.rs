@@ -9,10 +9,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, broadcast};
 
+use crate::direct::{self, Direct};
 use crate::event::Topic;
 use crate::sse::Frame;
 
@@ -20,7 +21,7 @@ use crate::sse::Frame;
 #[derive(Debug)]
 pub struct Fanout {
     /// Held only for map lookups and inserts, never across an await or a socket write.
-    topics: Mutex<HashMap<Topic, broadcast::Sender<Frame>>>,
+    topics: Mutex<HashMap<Topic, Arc<Ring>>>,
     /// Ring size per topic: how far a subscriber may fall behind.
     capacity: usize,
     /// With a write linger: the flush ticks, fired early when a ring fills up.
@@ -65,6 +66,67 @@ impl FlushTicks {
     }
 }
 
+/// One topic's ring, and its direct streams ([`crate::direct`]).
+pub struct Ring {
+    /// The only sender: dropping the ring closes the channel.
+    tx: broadcast::Sender<Frame>,
+    /// Declared after `tx`, so dropped after it: see [`DirectStreams`].
+    direct: DirectStreams,
+}
+
+/// Streams that publishers write to while they are idle. Read while writing to
+/// them; written when one opens or closes.
+///
+/// An idle direct stream waits on no ring, so it would not notice its ring
+/// closing (an evicted topic): when a ring is dropped, after its sender, the
+/// streams still on it are woken, and find the ring closed.
+#[derive(Default)]
+struct DirectStreams(RwLock<Vec<Arc<Direct>>>);
+
+impl Drop for DirectStreams {
+    fn drop(&mut self) {
+        let streams = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        streams.iter().for_each(|d| d.hand_over());
+    }
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("receivers", &self.tx.receiver_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ring {
+    fn new(tx: broadcast::Sender<Frame>) -> Arc<Self> {
+        Arc::new(Self {
+            tx,
+            direct: DirectStreams::default(),
+        })
+    }
+
+    fn direct(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Direct>>> {
+        // Only push and retain run under the write lock: ignore poisoning.
+        self.direct.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn direct_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Direct>>> {
+        self.direct.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a push: the idle direct streams get what their rings hold, written
+    /// here, or (on a topic with many) their tasks are woken to write it.
+    pub fn deliver(&self) {
+        let streams = self.direct();
+        if streams.len() <= direct::INLINE_MAX {
+            streams.iter().for_each(|d| d.offer());
+        } else {
+            streams.iter().for_each(|d| d.hand_over());
+        }
+    }
+}
+
 impl Fanout {
     /// A registry whose rings hold `capacity` frames per topic.
     pub fn new(capacity: usize) -> Self {
@@ -81,7 +143,7 @@ impl Fanout {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, broadcast::Sender<Frame>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Arc<Ring>>> {
         // A panic while holding this lock cannot leave the map half-updated
         // (every operation is one insert/remove), so poisoning is ignored.
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
@@ -91,10 +153,10 @@ impl Fanout {
     pub fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Frame> {
         let mut topics = self.lock();
         match topics.get(topic) {
-            Some(tx) => tx.subscribe(),
+            Some(ring) => ring.tx.subscribe(),
             None => {
                 let (tx, rx) = broadcast::channel(self.capacity);
-                topics.insert(topic.clone(), tx);
+                topics.insert(topic.clone(), Ring::new(tx));
                 rx
             }
         }
@@ -102,29 +164,65 @@ impl Fanout {
 
     /// Hands `frame` to every local subscriber of `topic`; returns how many there are.
     pub fn dispatch(&self, topic: &Topic, frame: Frame) -> usize {
+        let (n, ring) = self.push(topic, frame);
+        if let Some(ring) = ring {
+            ring.deliver();
+        }
+        n
+    }
+
+    /// Pushes `frame` onto `topic`'s ring: how many subscribers it has, and the
+    /// ring, whose [`Ring::deliver`] the caller must call next (once it holds no
+    /// lock: it may write to sockets).
+    pub fn push(&self, topic: &Topic, frame: Frame) -> (usize, Option<Arc<Ring>>) {
         let topics = self.lock();
         match topics.get(topic) {
             // `send` fails only when there is no receiver left, which `release` is
             // about to clean up: nothing to deliver then.
-            Some(tx) => {
-                let n = tx.send(frame).unwrap_or(0);
+            Some(ring) => {
+                let n = ring.tx.send(frame).unwrap_or(0);
                 // Streams lingering for the next tick read nothing meanwhile: a
                 // busy topic must not overrun them (a tick early costs a write).
                 if let Some(flush) = &self.flush
-                    && tx.len() > self.capacity / 2
+                    && ring.tx.len() > self.capacity / 2
                 {
                     flush.tick();
                 }
-                n
+                let direct = n > 0 && !ring.direct().is_empty();
+                (n, direct.then(|| ring.clone()))
             }
-            None => 0,
+            None => (0, None),
+        }
+    }
+
+    /// Lets publishers write to `stream` while it is idle: it joins the rings of
+    /// its topics (those it was subscribed to, still open).
+    pub(crate) fn attach(&self, stream: &Arc<Direct>) {
+        for topic in stream.topics() {
+            let ring = self.lock().get(&topic).cloned();
+            if let Some(ring) = ring {
+                ring.direct_mut().push(stream.clone());
+            }
+        }
+    }
+
+    /// Undoes [`Fanout::attach`] (before the stream is dropped).
+    pub(crate) fn detach(&self, stream: &Arc<Direct>) {
+        for topic in stream.topics() {
+            let ring = self.lock().get(&topic).cloned();
+            if let Some(ring) = ring {
+                ring.direct_mut().retain(|d| !Arc::ptr_eq(d, stream));
+            }
         }
     }
 
     /// Forgets `topic` when its last subscriber is gone (call after dropping the receiver).
     pub(crate) fn release(&self, topic: &Topic) {
         let mut topics = self.lock();
-        if topics.get(topic).is_some_and(|tx| tx.receiver_count() == 0) {
+        if topics
+            .get(topic)
+            .is_some_and(|ring| ring.tx.receiver_count() == 0)
+        {
             topics.remove(topic);
         }
     }
@@ -133,12 +231,15 @@ impl Fanout {
     pub(crate) fn has_subscribers(&self, topic: &Topic) -> bool {
         self.lock()
             .get(topic)
-            .is_some_and(|tx| tx.receiver_count() > 0)
+            .is_some_and(|ring| ring.tx.receiver_count() > 0)
     }
 
     /// Ends every local subscription of `topic` (their streams end and resume).
     pub(crate) fn evict(&self, topic: &Topic) {
-        self.lock().remove(topic);
+        // Closed once no publisher holds it any more; its direct streams are then
+        // woken (`DirectStreams`).
+        let ring = self.lock().remove(topic);
+        drop(ring);
     }
 
     /// Topics with at least one local subscriber.
@@ -148,7 +249,10 @@ impl Fanout {
 
     /// Subscriptions (a connection on three topics counts three).
     pub(crate) fn subscription_count(&self) -> usize {
-        self.lock().values().map(|tx| tx.receiver_count()).sum()
+        self.lock()
+            .values()
+            .map(|ring| ring.tx.receiver_count())
+            .sum()
     }
 }
 

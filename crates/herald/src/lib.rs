@@ -14,6 +14,7 @@ pub mod backend;
 mod builder;
 mod config;
 pub mod cursor;
+mod direct;
 pub mod event;
 mod fanout;
 pub mod http;

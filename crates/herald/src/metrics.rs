@@ -25,6 +25,7 @@ pub(crate) struct Metrics {
     pub(crate) replaced: Counter,
     pub(crate) slow_disconnected: Counter,
     pub(crate) write_stalls: Counter,
+    pub(crate) writes_handed_back: Counter,
     pub(crate) publish_rejected: Counter,
     pub(crate) subscribe_rejected: Counter,
     pub(crate) unauthorized: Counter,
@@ -49,6 +50,7 @@ impl Metrics {
             replaced: Counter::default(),
             slow_disconnected: Counter::default(),
             write_stalls: Counter::default(),
+            writes_handed_back: Counter::default(),
             publish_rejected: Counter::default(),
             subscribe_rejected: Counter::default(),
             unauthorized: Counter::default(),
@@ -124,6 +126,11 @@ impl Metrics {
             "write_stalls",
             "Connections closed because the client stopped reading for write_timeout",
             m.write_stalls.clone(),
+        );
+        registry.register(
+            "writes_handed_back",
+            "Writes a publisher could not finish on an idle stream's full socket; the stream's own task finished them",
+            m.writes_handed_back.clone(),
         );
         registry.register(
             "publish_rejected",

@@ -58,28 +58,44 @@ impl Drop for Registration {
     }
 }
 
-struct Conn {
+/// What a stream reads and has written: its receivers and its positions. In a
+/// direct stream ([`crate::direct`]) it sits behind a mutex shared with publishers.
+pub(crate) struct Subs {
     /// One receiver per topic, in the topic set's order. Declared before
     /// `registration`: fields drop in order, so the receivers are gone when the
     /// registration releases the topics.
     live: Vec<broadcast::Receiver<Frame>>,
+    /// Each topic's last position written to this client.
+    positions: Vec<Position>,
+    /// For streams on exclusive topics: per topic, the position of this stream's
+    /// own takeover marker. A later marker means another stream took the topic.
+    exclusive: Option<Box<[Option<Position>]>>,
+    pub(crate) done: bool,
+    registration: Registration,
+}
+
+/// Why draining the rings stopped short.
+pub(crate) enum Stop {
+    /// A ring overran this stream: it is too slow.
+    Lagged,
+    /// A ring was closed (the backend lost events it cannot replay live).
+    Closed,
+}
+
+/// An open stream, before it is driven: as a [`Stream`] of chunks
+/// ([`Conn::into_stream`]) or, on the hub's own connections, directly.
+pub(crate) struct Conn {
+    pub(crate) subs: Subs,
     /// When the subscriber's credentials expire, if they do.
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    heartbeat: broadcast::Receiver<Bytes>,
+    pub(crate) deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    pub(crate) heartbeat: broadcast::Receiver<Bytes>,
     /// With a write linger: the flush tick at this stream's last write of events.
     tick_seen: u64,
     /// With a write linger: the last write was held for a tick (the topic is busy),
     /// so the next one waits for the next tick without waking for each event.
     busy: bool,
-    /// Each topic's last position written to this client.
-    positions: Vec<Position>,
     /// Written before anything live: retry, cursor, reset, history.
-    prelude: Option<Bytes>,
-    /// For streams on exclusive topics: per topic, the position of this stream's
-    /// own takeover marker. A later marker means another stream took the topic.
-    exclusive: Option<Box<[Option<Position>]>>,
-    done: bool,
-    registration: Registration,
+    pub(crate) prelude: Option<Bytes>,
 }
 
 /// Opens a stream for `set`, resuming from `cursor` (one position per topic).
@@ -88,8 +104,7 @@ pub(crate) async fn open(
     set: TopicSet,
     cursor: Option<Vec<Position>>,
     expires_at: Option<std::time::SystemTime>,
-) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static, OpenError>
-{
+) -> Result<Conn, OpenError> {
     let inner = &hub.inner;
     // Taken first: there is none once the hub is shutting down, and a shutdown
     // from here on closes it, which ends the stream.
@@ -162,31 +177,29 @@ pub(crate) async fn open(
             .unwrap_or_default();
         Box::pin(tokio::time::sleep(left))
     });
-    let mut conn = Conn {
+    let mut subs = Subs {
         live,
-        deadline,
-        heartbeat,
-        tick_seen: 0,
-        busy: false,
         positions,
-        prelude: None,
         exclusive,
         done: false,
         registration,
     };
     for (i, frame) in replay {
-        conn.write_chunk(i, &frame, &mut prelude);
+        subs.write_chunk(i, &frame, &mut prelude);
     }
-    conn.prelude = prelude.finish();
     tracing::debug!(
-        topics = conn.positions.len(),
+        topics = subs.positions.len(),
         resumed = cursor.is_some(),
         "stream opened"
     );
-    Ok(futures_util::stream::unfold(conn, |mut conn| async move {
-        let chunk = conn.next_chunk().await?;
-        Some((Ok(chunk), conn))
-    }))
+    Ok(Conn {
+        subs,
+        deadline,
+        heartbeat,
+        tick_seen: 0,
+        busy: false,
+        prelude: prelude.finish(),
+    })
 }
 
 /// Waits for the next frame on any of `live`: the topic's index and what its ring
@@ -209,7 +222,7 @@ async fn recv_any(
 }
 
 /// Completes when the credentials' `deadline` has passed; never without one.
-async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+pub(crate) async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match deadline.as_mut() {
         Some(d) => d.as_mut().await,
         None => std::future::pending().await,
@@ -246,13 +259,13 @@ async fn take_exclusive(
 
 /// Bytes gathered for one write: the first frame as is (no copy), later ones copied in.
 #[derive(Default)]
-struct Chunk {
+pub(crate) struct Chunk {
     first: Option<Bytes>,
     rest: BytesMut,
 }
 
 impl Chunk {
-    fn push(&mut self, b: Bytes) {
+    pub(crate) fn push(&mut self, b: Bytes) {
         match &self.first {
             None => self.first = Some(b),
             Some(first) => {
@@ -264,7 +277,7 @@ impl Chunk {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         if self.rest.is_empty() {
             self.first.as_ref().map_or(0, Bytes::len)
         } else {
@@ -272,7 +285,7 @@ impl Chunk {
         }
     }
 
-    fn finish(self) -> Option<Bytes> {
+    pub(crate) fn finish(self) -> Option<Bytes> {
         if self.rest.is_empty() {
             self.first
         } else {
@@ -281,9 +294,14 @@ impl Chunk {
     }
 }
 
-impl Conn {
-    fn inner(&self) -> &Inner {
+impl Subs {
+    pub(crate) fn inner(&self) -> &Inner {
         &self.registration.inner
+    }
+
+    /// The topics this stream reads.
+    pub(crate) fn topics(&self) -> &[crate::event::Topic] {
+        self.registration.set.topics()
     }
 
     /// Appends `frame` of topic `i` unless it was written already; returns whether it was.
@@ -318,93 +336,13 @@ impl Conn {
         true
     }
 
-    /// The next bytes to write, or `None` when the stream is over.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(prelude) = self.prelude.take() {
-            return Some(prelude);
-        }
-        if self.done {
-            return None;
-        }
-        // The hub is shutting down (one atomic load: a busy stream notices it here).
-        if self.heartbeat.is_closed() {
-            self.done = true;
-            return Some(self.inner().retry_frame.clone());
-        }
-        let mut chunk = Chunk::default();
-        let mut delivered = 0u64;
-        // The hub, held apart from `self` (an `Arc`: no lock, unlike cloning the token).
-        let inner = self.registration.inner.clone();
-        let shutdown = &inner.shutdown;
-        if self.busy {
-            // A write linger on a busy stream: no wake per event; at the next
-            // flush tick, whatever arrived since the last write goes out in one.
-            // On shutdown or expiry, what arrived is still written; the wait
-            // below then ends the stream.
-            let ticked = self.wait_tick(shutdown).await;
-            if self.drain(&mut chunk, &mut delivered).is_err() {
-                return Some(self.end_slow(chunk, delivered));
-            }
-            self.busy = ticked && delivered > 0;
-            if chunk.len() > 0 {
-                return Some(self.finish(chunk, delivered));
-            }
-            // Quiet since the last write: wait as usual.
-        }
-        let deadline = &mut self.deadline;
-        // Each wait registers to be woken; the heartbeat last, as it rarely has
-        // anything. Shutdown closes the heartbeat channel, which wakes this.
-        tokio::select! {
-            biased;
-            _ = expiry(deadline) => {
-                tracing::debug!("credentials expired: ending the stream");
-                self.done = true;
-                return Some(self.inner().retry_frame.clone());
-            }
-            item = recv_any(&mut self.live) => match item {
-                Some((i, Ok(frame))) => delivered += u64::from(self.write_chunk(i, &frame, &mut chunk)),
-                Some((_, Err(RecvError::Lagged(_)))) => return Some(self.end_slow(chunk, delivered)),
-                // A topic's ring was closed (the backend lost events it cannot replay
-                // live): end the stream; the client's resume gets `herald.reset`.
-                Some((_, Err(RecvError::Closed))) => {
-                    self.done = true;
-                    return Some(self.inner().retry_frame.clone());
-                }
-                // A set has at least one topic; ending is right if it has none.
-                None => return None,
-            },
-            beat = self.heartbeat.recv() => match beat {
-                Ok(b) => chunk.push(b),
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    self.done = true;
-                    return Some(self.inner().retry_frame.clone());
-                }
-            },
-        }
-        // With a write linger, a stream writes events at most once per flush tick:
-        // when its last write was after the latest tick, this event waits for the
-        // next one, and so does every later event while they keep coming.
-        if delivered > 0
-            && let Some(flush) = self.inner().flush.as_ref()
-            && flush.now() == self.tick_seen
-        {
-            self.busy = self.wait_tick(shutdown).await;
-        }
-        // Coalesce whatever else is queued already into the same write.
-        if self.drain(&mut chunk, &mut delivered).is_err() {
-            return Some(self.end_slow(chunk, delivered));
-        }
-        Some(self.finish(chunk, delivered))
-    }
-
     /// Moves every frame queued on the live rings into `chunk` (up to
-    /// `COALESCE_BYTES`), counting the ones written in `delivered`. `Err` when a
-    /// ring overran this stream.
+    /// `COALESCE_BYTES`), counting the ones written in `delivered`. Stops when a
+    /// ring overran this stream or was closed.
     ///
     /// Takes one frame per topic in turn (topics interleave roughly as published),
     /// with `try_recv`: nothing registers to be woken, as a poll would.
-    fn drain(&mut self, chunk: &mut Chunk, delivered: &mut u64) -> Result<(), ()> {
+    pub(crate) fn drain(&mut self, chunk: &mut Chunk, delivered: &mut u64) -> Result<(), Stop> {
         loop {
             let mut got = false;
             for i in 0..self.live.len() {
@@ -416,42 +354,14 @@ impl Conn {
                         got = true;
                         *delivered += u64::from(self.write_chunk(i, &frame, chunk));
                     }
-                    Err(TryRecvError::Lagged(_)) => return Err(()),
-                    // Nothing queued, or a closed ring (the next wait ends the stream).
-                    Err(TryRecvError::Empty | TryRecvError::Closed) => {}
+                    Err(TryRecvError::Lagged(_)) => return Err(Stop::Lagged),
+                    Err(TryRecvError::Closed) => return Err(Stop::Closed),
+                    Err(TryRecvError::Empty) => {}
                 }
             }
             if !got {
                 return Ok(());
             }
-        }
-    }
-
-    /// The bytes of `chunk` to write; counts the deliveries and notes the tick.
-    fn finish(&mut self, chunk: Chunk, delivered: u64) -> Bytes {
-        let inner = &self.registration.inner;
-        inner.metrics.events_delivered.inc_by(delivered);
-        if delivered > 0
-            && let Some(flush) = inner.flush.as_ref()
-        {
-            self.tick_seen = flush.now();
-        }
-        // Empty when only duplicates arrived (dropped): nothing to write yet.
-        chunk.finish().unwrap_or_default()
-    }
-
-    /// Waits for the first flush tick after this stream's last write of events.
-    /// `false` when the hub shuts down or the credentials expire first (the next
-    /// wait ends the stream).
-    async fn wait_tick(&mut self, shutdown: &CancellationToken) -> bool {
-        let Some(flush) = self.registration.inner.flush.as_ref() else {
-            return true;
-        };
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => false,
-            _ = expiry(&mut self.deadline) => false,
-            _ = flush.after(self.tick_seen) => true,
         }
     }
 
@@ -471,13 +381,140 @@ impl Conn {
         out.push(sse::encode_event(None, "herald.replaced", data.as_bytes()));
     }
 
-    fn end_slow(&mut self, mut chunk: Chunk, delivered: u64) -> Bytes {
+    /// The last bytes of a stream that drained `chunk` (`delivered` events) and
+    /// then stopped: counts them, and ends with the `retry:` hint.
+    pub(crate) fn end(&mut self, mut chunk: Chunk, delivered: u64, stop: Stop) -> Bytes {
         self.inner().metrics.events_delivered.inc_by(delivered);
         self.done = true;
-        self.inner().metrics.slow_disconnected.inc();
-        tracing::debug!("slow subscriber disconnected");
+        match stop {
+            Stop::Lagged => {
+                self.inner().metrics.slow_disconnected.inc();
+                tracing::debug!("slow subscriber disconnected");
+            }
+            Stop::Closed => tracing::debug!("a topic's ring closed: ending the stream"),
+        }
         chunk.push(self.inner().retry_frame.clone());
         chunk.finish().unwrap_or_default()
+    }
+
+    /// Ends the stream with the `retry:` hint (shutdown, expired credentials),
+    /// after what `chunk` holds.
+    pub(crate) fn end_now(&mut self, mut chunk: Chunk) -> Bytes {
+        self.done = true;
+        chunk.push(self.inner().retry_frame.clone());
+        chunk.finish().unwrap_or_default()
+    }
+}
+
+impl Conn {
+    /// The stream as chunks to write, for a response body.
+    pub(crate) fn into_stream(
+        self,
+    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut conn| async move {
+            let chunk = conn.next_chunk().await?;
+            Some((Ok(chunk), conn))
+        })
+    }
+
+    /// The next bytes to write, or `None` when the stream is over.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(prelude) = self.prelude.take() {
+            return Some(prelude);
+        }
+        if self.subs.done {
+            return None;
+        }
+        // The hub is shutting down (one atomic load: a busy stream notices it here).
+        if self.heartbeat.is_closed() {
+            return Some(self.subs.end_now(Chunk::default()));
+        }
+        let mut chunk = Chunk::default();
+        let mut delivered = 0u64;
+        // The hub, held apart from `self` (an `Arc`: no lock, unlike cloning the token).
+        let inner = self.subs.registration.inner.clone();
+        let shutdown = &inner.shutdown;
+        if self.busy {
+            // A write linger on a busy stream: no wake per event; at the next
+            // flush tick, whatever arrived since the last write goes out in one.
+            // On shutdown or expiry, what arrived is still written; the wait
+            // below then ends the stream.
+            let ticked = self.wait_tick(shutdown).await;
+            if let Err(stop) = self.subs.drain(&mut chunk, &mut delivered) {
+                return Some(self.subs.end(chunk, delivered, stop));
+            }
+            self.busy = ticked && delivered > 0;
+            if chunk.len() > 0 {
+                return Some(self.finish(chunk, delivered));
+            }
+            // Quiet since the last write: wait as usual.
+        }
+        let deadline = &mut self.deadline;
+        // Each wait registers to be woken; the heartbeat last, as it rarely has
+        // anything. Shutdown closes the heartbeat channel, which wakes this.
+        tokio::select! {
+            biased;
+            _ = expiry(deadline) => {
+                tracing::debug!("credentials expired: ending the stream");
+                return Some(self.subs.end_now(chunk));
+            }
+            item = recv_any(&mut self.subs.live) => match item {
+                Some((i, Ok(frame))) => delivered += u64::from(self.subs.write_chunk(i, &frame, &mut chunk)),
+                Some((_, Err(RecvError::Lagged(_)))) => return Some(self.subs.end(chunk, delivered, Stop::Lagged)),
+                // A topic's ring was closed (the backend lost events it cannot replay
+                // live): end the stream; the client's resume gets `herald.reset`.
+                Some((_, Err(RecvError::Closed))) => return Some(self.subs.end(chunk, delivered, Stop::Closed)),
+                // A set has at least one topic; ending is right if it has none.
+                None => return None,
+            },
+            beat = self.heartbeat.recv() => match beat {
+                Ok(b) => chunk.push(b),
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Some(self.subs.end_now(chunk)),
+            },
+        }
+        // With a write linger, a stream writes events at most once per flush tick:
+        // when its last write was after the latest tick, this event waits for the
+        // next one, and so does every later event while they keep coming.
+        if delivered > 0
+            && let Some(flush) = self.subs.inner().flush.as_ref()
+            && flush.now() == self.tick_seen
+        {
+            self.busy = self.wait_tick(shutdown).await;
+        }
+        // Coalesce whatever else is queued already into the same write.
+        if let Err(stop) = self.subs.drain(&mut chunk, &mut delivered) {
+            return Some(self.subs.end(chunk, delivered, stop));
+        }
+        Some(self.finish(chunk, delivered))
+    }
+
+    /// The bytes of `chunk` to write; counts the deliveries and notes the tick.
+    fn finish(&mut self, chunk: Chunk, delivered: u64) -> Bytes {
+        let inner = &self.subs.registration.inner;
+        inner.metrics.events_delivered.inc_by(delivered);
+        if delivered > 0
+            && let Some(flush) = inner.flush.as_ref()
+        {
+            self.tick_seen = flush.now();
+        }
+        // Empty when only duplicates arrived (dropped): nothing to write yet.
+        chunk.finish().unwrap_or_default()
+    }
+
+    /// Waits for the first flush tick after this stream's last write of events.
+    /// `false` when the hub shuts down or the credentials expire first (the next
+    /// wait ends the stream).
+    async fn wait_tick(&mut self, shutdown: &CancellationToken) -> bool {
+        let Some(flush) = self.subs.registration.inner.flush.as_ref() else {
+            return true;
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => false,
+            _ = expiry(&mut self.deadline) => false,
+            _ = flush.after(self.tick_seen) => true,
+        }
     }
 }
 
@@ -530,7 +567,10 @@ mod tests {
     async fn linger_holds_writes_only_while_events_keep_coming() {
         let hub = linger_hub(100, 256);
         let set = TopicSet::parse(["a"], 32).expect("topic");
-        let s = open(&hub, set, None, None).await.expect("opened");
+        let s = open(&hub, set, None, None)
+            .await
+            .expect("opened")
+            .into_stream();
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         // Between two ticks (every 100 ms from the start), not on one.
@@ -579,7 +619,10 @@ mod tests {
         // would overrun a stream that waited for the tick, so the fanout ticks early.
         let hub = linger_hub(1000, 8);
         let set = TopicSet::parse(["a"], 32).expect("topic");
-        let s = open(&hub, set, None, None).await.expect("opened");
+        let s = open(&hub, set, None, None)
+            .await
+            .expect("opened")
+            .into_stream();
         let reader = tokio::spawn(async move {
             let mut s = Box::pin(s);
             let mut got = Vec::new();
@@ -609,7 +652,10 @@ mod tests {
         // notices it before reading them (and an idle one is woken by it).
         let hub = linger_hub(0, 256);
         let set = TopicSet::parse(["a", "b"], 32).expect("topics");
-        let s = open(&hub, set, None, None).await.expect("opened");
+        let s = open(&hub, set, None, None)
+            .await
+            .expect("opened")
+            .into_stream();
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         publish(&hub, 1).await;
@@ -630,7 +676,10 @@ mod tests {
     async fn a_stream_on_several_topics_gets_each_in_order() {
         let hub = linger_hub(0, 256);
         let set = TopicSet::parse(["a", "b", "c"], 32).expect("topics");
-        let s = open(&hub, set, None, None).await.expect("opened");
+        let s = open(&hub, set, None, None)
+            .await
+            .expect("opened")
+            .into_stream();
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         let topic = |n: u64| ["a", "b", "c"][(n % 3) as usize];

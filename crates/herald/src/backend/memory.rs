@@ -115,6 +115,7 @@ impl Backend for MemoryBackend {
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackendError>> {
         let mut positions = Vec::with_capacity(events.len());
+        let mut deliver = Vec::new();
         let now = now_ms();
         let mut state = self.lock();
         let default_horizon = state.default_horizon;
@@ -140,10 +141,16 @@ impl Backend for MemoryBackend {
                 }
                 ring.frames.push_back(frame.clone());
             }
-            self.fanout.dispatch(&event.topic, frame);
+            // Pushed in position order under the lock; written to idle direct
+            // streams after it (socket writes, which must not hold up publishers
+            // of other topics).
+            if let (_, Some(ring)) = self.fanout.push(&event.topic, frame) {
+                deliver.push(ring);
+            }
             positions.push(pos);
         }
         drop(state);
+        deliver.iter().for_each(|ring| ring.deliver());
         Box::pin(std::future::ready(Ok(positions)))
     }
 

@@ -1,6 +1,5 @@
 //! `GET /events?topic=a,b`: open an event stream.
 
-use std::convert::Infallible;
 use std::time::SystemTime;
 
 use axum::body::Body;
@@ -8,14 +7,12 @@ use axum::extract::State;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures_util::Stream;
 
 use crate::cursor::TopicSet;
 use crate::event::Topic;
 use crate::http::error::ApiError;
 use crate::hub::Hub;
-use crate::stream::{self, OpenError};
+use crate::stream::{self, Conn, OpenError};
 
 /// The query: every `topic=` value (each a comma-separated list) and the optional
 /// `last_event_id=` cursor. Other parameters (cache busters, `access_token`) are
@@ -47,17 +44,14 @@ pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Respo
                 HeaderValue::from_static("no"),
             ),
         ],
-        Body::from_stream(body),
+        Body::from_stream(body.into_stream()),
     )
         .into_response())
 }
 
 /// Validates and authorizes a subscription and opens its stream; shared by the
 /// axum route and the hub's own connection handling. Counts its refusals.
-pub(crate) async fn prepare(
-    hub: &Hub,
-    parts: &Parts,
-) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
+pub(crate) async fn prepare(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
     let result = open(hub, parts).await;
     if let Err(e) = &result {
         hub.count_refusal(e);
@@ -108,10 +102,7 @@ pub(crate) async fn authorize(
     }
 }
 
-async fn open(
-    hub: &Hub,
-    parts: &Parts,
-) -> Result<impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static, ApiError> {
+async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
     let (topics, query_cursor) = parse_query(parts.uri.query());
     let max = hub.config().max_topics;
     let mut set = TopicSet::parse(topics.iter().map(String::as_str), max)?;

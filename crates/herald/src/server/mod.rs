@@ -9,6 +9,7 @@
 //! blocked, never for idle or healthy connections.
 
 mod native;
+pub(crate) use native::chunk_size_line;
 mod stall;
 
 use std::future::Future;

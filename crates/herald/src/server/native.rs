@@ -10,6 +10,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,9 +23,14 @@ use super::stall::StallGuard;
 use axum::http::request::Parts;
 use axum::http::{Method, Request};
 
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::direct::{Direct, Work};
+use crate::fanout::Fanout;
 use crate::http::ApiError;
 use crate::http::events;
 use crate::hub::Hub;
+use crate::stream::Conn;
 
 /// Largest request head read here; larger ones get 431.
 const MAX_HEAD: usize = 16 * 1024;
@@ -127,7 +133,7 @@ pub(crate) async fn serve_events(
     write_timeout: Duration,
 ) {
     let cors = crate::http::cors::header_lines(hub, &parts.headers);
-    let stream = match events::prepare(hub, &parts).await {
+    let conn = match events::prepare(hub, &parts).await {
         Ok(s) => s,
         Err(e) => return write_error(&mut socket, e, &cors).await,
     };
@@ -142,18 +148,64 @@ pub(crate) async fn serve_events(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-accel-buffering: no\r\n{cors}{framing}\r\n"
     );
     drop(cors);
-    let head = head.as_bytes();
-    let (mut rd, wr) = socket.split();
+    let socket = Arc::new(socket);
     // Blocked writes time out; the timer is armed only while a write is blocked.
-    let mut wr = StallGuard {
-        io: wr,
+    let wr = StallGuard {
+        io: Shared(socket.clone()),
         timeout: write_timeout,
         stall: None,
         stalled: hub.inner.metrics.write_stalls.clone(),
     };
-    let mut pending_head = Some(head);
+    let out = Out {
+        wr,
+        rd: Shared(socket.clone()),
+        head: Some(head.as_bytes()),
+        http10,
+    };
+    // A write linger holds writes for a tick: only the stream's own task does that.
+    if hub.inner.flush.is_some() {
+        serve_stream(out, conn).await;
+    } else {
+        serve_direct(out, conn, hub, socket).await;
+    }
+}
+
+/// A stream's socket, as its task writes and reads it.
+struct Out<'a> {
+    wr: StallGuard<Shared>,
+    rd: Shared,
+    /// The response head, until the first write.
+    head: Option<&'a [u8]>,
+    http10: bool,
+}
+
+impl Out<'_> {
+    /// Writes `data` as a chunk, or the last chunk (and closes) when `None`.
+    async fn chunk(&mut self, data: Option<&Bytes>) -> io::Result<()> {
+        write_chunk(&mut self.wr, self.head.take(), data, self.http10).await?;
+        if data.is_none() {
+            self.wr.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the client is still there: completes when it leaves (anything it
+    /// sends is ignored: an EventSource sends nothing more).
+    async fn left(&mut self) {
+        let mut scratch = [0u8; 64];
+        loop {
+            match self.rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// Drives `conn` as a stream of chunks (with a write linger).
+async fn serve_stream(mut out: Out<'_>, conn: Conn) {
+    let stream = conn.into_stream();
     tokio::pin!(stream);
-    let mut scratch = [0u8; 64];
     loop {
         // The stream first: while it has chunks ready, the socket's read side is
         // not polled (each poll of it registers to be woken); it is polled
@@ -161,12 +213,7 @@ pub(crate) async fn serve_events(
         let chunk = tokio::select! {
             biased;
             chunk = stream.next() => chunk,
-            // Notice a client that leaves while the stream is idle; ignore anything
-            // it sends (an EventSource sends nothing more).
-            r = rd.read(&mut scratch) => match r {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
+            () = out.left() => return,
         };
         let data = match chunk {
             Some(Ok(b)) if b.is_empty() => continue,
@@ -174,16 +221,161 @@ pub(crate) async fn serve_events(
             Some(Err(never)) => match never {},
             None => None,
         };
-        if write_chunk(&mut wr, pending_head.take(), data.as_ref(), http10)
-            .await
-            .is_err()
-        {
+        if out.chunk(data.as_ref()).await.is_err() || data.is_none() {
             return;
         }
-        if data.is_none() {
-            let _ = wr.shutdown().await;
+    }
+}
+
+/// Drives `conn` as a direct stream ([`crate::direct`]): publishers write to the
+/// socket while it is idle; this task writes the prelude, heartbeats, what
+/// publishers hand back, and the end.
+async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpStream>) {
+    let Conn {
+        subs,
+        mut deadline,
+        mut heartbeat,
+        prelude,
+        ..
+    } = conn;
+    // The head and the prelude go out before publishers may write.
+    let first = match prelude {
+        Some(prelude) => out.chunk(Some(&prelude)).await,
+        None => match out.head.take() {
+            Some(head) => write_framed(&mut out.wr, head).await,
+            None => Ok(()),
+        },
+    };
+    if first.is_err() {
+        return;
+    }
+    let direct = Direct::new(subs, socket, out.http10);
+    let _attached = Attached::new(hub.inner.fanout.clone(), direct.clone());
+    let mut beat = None;
+    let mut end = false;
+    loop {
+        // The hub shutting down closes the heartbeat channel (one atomic load).
+        end |= heartbeat.is_closed();
+        let done = match direct.take(&mut beat, end) {
+            Work::Framed(b) => write_framed(&mut out.wr, &b).await.is_err(),
+            Work::Data(b) => out.chunk(Some(&b)).await.is_err(),
+            Work::End => {
+                let _ = out.chunk(None).await;
+                true
+            }
+            Work::Broken => true,
+            Work::Idle => {
+                tokio::select! {
+                    biased;
+                    () = direct.handed_over() => {}
+                    () = crate::stream::expiry(&mut deadline) => {
+                        tracing::debug!("credentials expired: ending the stream");
+                        end = true;
+                    }
+                    b = heartbeat.recv() => match b {
+                        Ok(b) => beat = Some(b),
+                        Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => end = true,
+                    },
+                    () = out.left() => return,
+                }
+                false
+            }
+        };
+        if done {
             return;
         }
+    }
+}
+
+/// A direct stream on its topics' rings; taken off them when dropped.
+struct Attached {
+    fanout: Arc<Fanout>,
+    direct: Arc<Direct>,
+}
+
+impl Attached {
+    fn new(fanout: Arc<Fanout>, direct: Arc<Direct>) -> Self {
+        fanout.attach(&direct);
+        Self { fanout, direct }
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.fanout.detach(&self.direct);
+    }
+}
+
+/// Writes bytes already framed.
+async fn write_framed(wr: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> io::Result<()> {
+    wr.write_all(bytes).await
+}
+
+/// A socket shared by a stream's task and the publishers of its topics: the task
+/// reads and writes it through readiness, publishers only try to write.
+struct Shared(Arc<TcpStream>);
+
+impl AsyncRead for Shared {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Shared {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The write side only: what was written is still delivered.
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -240,7 +432,7 @@ async fn write_chunk(
 }
 
 /// Writes `<len in hex>\r\n` into `out`; returns its length (no allocation).
-fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
+pub(crate) fn chunk_size_line(len: usize, out: &mut [u8; 20]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
     for i in 0..digits {

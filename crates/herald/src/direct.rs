@@ -1,0 +1,227 @@
+//! Direct streams: a publisher writes an event straight to the sockets of the
+//! streams that are waiting for one, instead of waking their tasks to do it.
+//!
+//! On the hub's own connections ([`Hub::serve`](crate::Hub::serve)) with no write
+//! linger, a stream's receivers and positions ([`Subs`]) sit behind a mutex shared
+//! with the publishers of its topics, and its socket is shared too. The stream's
+//! task marks itself *idle* (under the mutex) when it has written everything its
+//! rings hold, and then waits only for a heartbeat, expiry, a hand-over or the
+//! client leaving: it is registered on none of its rings. A publisher pushes the
+//! event onto the topic's ring and then, for each idle stream of the topic (when
+//! the topic has at most [`INLINE_MAX`] of them), drains that stream's rings and
+//! writes the bytes with one non-blocking vectored write. Nothing is woken and
+//! nothing is polled: the write is the whole cost of the delivery.
+//!
+//! When the socket does not take everything at once, or the stream must end, the
+//! publisher hands the stream back to its task: the bytes not written are kept
+//! (`owed`), the stream is marked busy and its task woken; the task writes them
+//! first, with the usual back-pressure and write timeout. Exactly one side writes
+//! at a time: publishers only while the stream is idle, the task only after it
+//! marked it busy, both under the mutex, so bytes never interleave, and the
+//! receivers give every event once, in order, whoever reads them.
+//!
+//! Nothing is missed between the two: a publisher pushes onto the ring before it
+//! takes a stream's mutex, and the task checks the rings under that mutex before it
+//! goes idle. Whichever takes the mutex second sees the event.
+
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::stream::{Chunk, Subs};
+
+/// Topics with more idle streams than this are not written inline: the publisher
+/// wakes their tasks instead, so that both cores share a large fan-out and the
+/// publish request is answered at once (see BENCHMARKS.md).
+pub(crate) const INLINE_MAX: usize = 64;
+
+/// One direct stream: its state, its socket, and the wake-up for its task.
+pub(crate) struct Direct {
+    state: Mutex<State>,
+    wake: Notify,
+    socket: Arc<TcpStream>,
+    /// HTTP/1.0: no chunked framing.
+    http10: bool,
+}
+
+struct State {
+    subs: Subs,
+    /// The task waits: publishers may read the rings and write.
+    idle: bool,
+    /// Framed bytes a publisher could not write: the task writes them first.
+    owed: Option<Bytes>,
+    /// A publisher's write failed: the client is gone.
+    broken: bool,
+}
+
+/// What the task does next.
+pub(crate) enum Work {
+    /// Write these bytes as they are (already framed).
+    Framed(Bytes),
+    /// Write these bytes as a chunk.
+    Data(Bytes),
+    /// The stream is over: write the last chunk and close.
+    End,
+    /// The socket failed under a publisher: close.
+    Broken,
+    /// Nothing to write: the stream is idle; wait.
+    Idle,
+}
+
+impl Direct {
+    pub(crate) fn new(subs: Subs, socket: Arc<TcpStream>, http10: bool) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                subs,
+                idle: false,
+                owed: None,
+                broken: false,
+            }),
+            wake: Notify::new(),
+            socket,
+            http10,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update under this lock leaves the state whole (a panic while
+        // holding it is a bug elsewhere, not a half-written state): ignore poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stream's topics (to attach it to their rings).
+    pub(crate) fn topics(&self) -> Vec<crate::event::Topic> {
+        self.lock().subs.topics().to_vec()
+    }
+
+    /// A publisher's turn, after pushing onto one of this stream's rings: if the
+    /// stream is idle, write what its rings hold straight to its socket.
+    pub(crate) fn offer(&self) {
+        let mut st = self.lock();
+        if !st.idle {
+            // Its task is writing, and checks the rings before it goes idle again.
+            return;
+        }
+        let mut chunk = Chunk::default();
+        let mut delivered = 0;
+        let data = match st.subs.drain(&mut chunk, &mut delivered) {
+            Ok(()) => {
+                st.subs.inner().metrics.events_delivered.inc_by(delivered);
+                chunk.finish().unwrap_or_default()
+            }
+            Err(stop) => st.subs.end(chunk, delivered, stop),
+        };
+        if !data.is_empty() {
+            let mut size = [0u8; 20];
+            let size_len = if self.http10 {
+                0
+            } else {
+                crate::server::chunk_size_line(data.len(), &mut size)
+            };
+            let tail: &[u8] = if self.http10 { b"" } else { b"\r\n" };
+            let parts = [&size[..size_len], &data[..], tail];
+            let total: usize = parts.iter().map(|p| p.len()).sum();
+            let slices = parts.map(IoSlice::new);
+            match self.socket.try_write_vectored(&slices) {
+                Ok(n) if n == total => {}
+                Ok(n) => st.owed = Some(rest(&parts, n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => st.owed = Some(rest(&parts, 0)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "write to a subscriber failed");
+                    st.broken = true;
+                }
+            }
+        }
+        if st.owed.is_some() {
+            st.subs.inner().metrics.writes_handed_back.inc();
+        }
+        if st.owed.is_some() || st.broken || st.subs.done {
+            st.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Wakes the task of an idle stream to read its rings itself (large fan-outs,
+    /// closed rings).
+    pub(crate) fn hand_over(&self) {
+        let mut st = self.lock();
+        if st.idle {
+            st.idle = false;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Completes when a publisher handed the stream back (it may also complete
+    /// once for a hand-over the task noticed otherwise: [`Direct::take`] then
+    /// finds nothing and the stream goes idle again).
+    pub(crate) async fn handed_over(&self) {
+        self.wake.notified().await;
+    }
+
+    /// The task's turn: marks the stream busy and says what to write next.
+    /// `beat` is a heartbeat to write, `end` asks to end the stream (shutdown,
+    /// expired credentials). When there is nothing to write, the stream is idle
+    /// again (publishers write) and the task waits.
+    pub(crate) fn take(&self, beat: &mut Option<Bytes>, end: bool) -> Work {
+        let mut st = self.lock();
+        st.idle = false;
+        if st.broken {
+            return Work::Broken;
+        }
+        if let Some(owed) = st.owed.take() {
+            return Work::Framed(owed);
+        }
+        if st.subs.done {
+            return Work::End;
+        }
+        let mut chunk = Chunk::default();
+        if let Some(b) = beat.take() {
+            chunk.push(b);
+        }
+        if end {
+            return Work::Data(st.subs.end_now(chunk));
+        }
+        let mut delivered = 0;
+        match st.subs.drain(&mut chunk, &mut delivered) {
+            Ok(()) => {
+                st.subs.inner().metrics.events_delivered.inc_by(delivered);
+            }
+            Err(stop) => return Work::Data(st.subs.end(chunk, delivered, stop)),
+        }
+        match chunk.finish() {
+            Some(b) => Work::Data(b),
+            None => {
+                st.idle = true;
+                Work::Idle
+            }
+        }
+    }
+}
+
+/// The bytes of `parts` after the first `written`, in one buffer.
+fn rest(parts: &[&[u8]], mut written: usize) -> Bytes {
+    let mut out = BytesMut::new();
+    for p in parts {
+        let skip = written.min(p.len());
+        written -= skip;
+        out.extend_from_slice(&p[skip..]);
+    }
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest;
+
+    #[test]
+    fn rest_skips_what_was_written_across_parts() {
+        let parts: [&[u8]; 3] = [b"5\r\n", b"hello", b"\r\n"];
+        for n in 0..=10 {
+            let want = &b"5\r\nhello\r\n"[n..];
+            assert_eq!(&rest(&parts, n)[..], want, "after {n} bytes");
+        }
+    }
+}
