@@ -6,7 +6,9 @@
 //! connection's request head itself (a small buffer, freed once parsed): a
 //! `GET /events` is answered here, writing the stream's chunks with one vectored
 //! write each; anything else is handed to hyper and the app's router, with the bytes
-//! already read put back in front of the socket ([`Rewind`]).
+//! already read put back in front of the socket ([`Rewind`]). Without a write
+//! linger, the stream's socket is shared with the publishers of its topics, which
+//! write to it while it is idle ([`crate::direct`]).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
