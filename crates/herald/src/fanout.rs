@@ -219,12 +219,18 @@ impl Fanout {
     /// Forgets `topic` when its last subscriber is gone (call after dropping the receiver).
     pub(crate) fn release(&self, topic: &Topic) {
         let mut topics = self.lock();
-        if topics
+        let gone = if topics
             .get(topic)
             .is_some_and(|ring| ring.tx.receiver_count() == 0)
         {
-            topics.remove(topic);
-        }
+            topics.remove(topic)
+        } else {
+            None
+        };
+        // Dropped after the lock: dropping a ring wakes (and may drop) the direct
+        // streams still on it, and a stream dropped releases its topics here.
+        drop(topics);
+        drop(gone);
     }
 
     /// Whether `topic` has a local subscriber.

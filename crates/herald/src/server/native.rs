@@ -256,8 +256,9 @@ async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpSt
     let mut beat = None;
     let mut end = false;
     loop {
-        // The hub shutting down closes the heartbeat channel (one atomic load).
-        end |= heartbeat.is_closed();
+        // The hub shutting down closes the heartbeat channel (one atomic load);
+        // credentials that expired end a stream that never goes idle, too.
+        end |= heartbeat.is_closed() || deadline.as_ref().is_some_and(|d| d.is_elapsed());
         let done = match direct.take(&mut beat, end) {
             Work::Framed(b) => write_framed(&mut out.wr, &b).await.is_err(),
             Work::Data(b) => out.chunk(Some(&b)).await.is_err(),
