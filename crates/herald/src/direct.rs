@@ -36,7 +36,7 @@ use crate::stream::{Chunk, Subs};
 /// Topics with more idle streams than this are not written inline: the publisher
 /// wakes their tasks instead, so that both cores share a large fan-out and the
 /// publish request is answered at once (see BENCHMARKS.md).
-pub(crate) const INLINE_MAX: usize = 64;
+pub(crate) const INLINE_MAX: usize = 128;
 
 /// One direct stream: its state, its socket, and the wake-up for its task.
 pub(crate) struct Direct {
