@@ -559,6 +559,18 @@ mod tests {
         }
     }
 
+    /// Opens a stream on `topics` as a stream of chunks.
+    async fn open_stream(
+        hub: &Hub,
+        topics: &[&str],
+    ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + use<> {
+        let set = TopicSet::parse(topics.iter().copied(), 32).expect("topics");
+        open(hub, set, None, None)
+            .await
+            .expect("opened")
+            .into_stream()
+    }
+
     async fn publish(hub: &Hub, n: u64) {
         hub.publish("a", "n", &n).await.expect("published");
     }
@@ -566,11 +578,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn linger_holds_writes_only_while_events_keep_coming() {
         let hub = linger_hub(100, 256);
-        let set = TopicSet::parse(["a"], 32).expect("topic");
-        let s = open(&hub, set, None, None)
-            .await
-            .expect("opened")
-            .into_stream();
+        let s = open_stream(&hub, &["a"]).await;
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         // Between two ticks (every 100 ms from the start), not on one.
@@ -618,11 +626,7 @@ mod tests {
         // A ring of 8 and a linger of a second: 40 events a millisecond apart
         // would overrun a stream that waited for the tick, so the fanout ticks early.
         let hub = linger_hub(1000, 8);
-        let set = TopicSet::parse(["a"], 32).expect("topic");
-        let s = open(&hub, set, None, None)
-            .await
-            .expect("opened")
-            .into_stream();
+        let s = open_stream(&hub, &["a"]).await;
         let reader = tokio::spawn(async move {
             let mut s = Box::pin(s);
             let mut got = Vec::new();
@@ -651,11 +655,7 @@ mod tests {
         // Shutdown closes the heartbeat channel; a stream with events waiting
         // notices it before reading them (and an idle one is woken by it).
         let hub = linger_hub(0, 256);
-        let set = TopicSet::parse(["a", "b"], 32).expect("topics");
-        let s = open(&hub, set, None, None)
-            .await
-            .expect("opened")
-            .into_stream();
+        let s = open_stream(&hub, &["a", "b"]).await;
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         publish(&hub, 1).await;
@@ -675,11 +675,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stream_on_several_topics_gets_each_in_order() {
         let hub = linger_hub(0, 256);
-        let set = TopicSet::parse(["a", "b", "c"], 32).expect("topics");
-        let s = open(&hub, set, None, None)
-            .await
-            .expect("opened")
-            .into_stream();
+        let s = open_stream(&hub, &["a", "b", "c"]).await;
         let mut s = Box::pin(s);
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         let topic = |n: u64| ["a", "b", "c"][(n % 3) as usize];
