@@ -301,6 +301,78 @@ async fn stream_ends_when_the_token_expires() {
     );
 }
 
+/// A stream that never goes idle (its client keeps the socket full) ends at expiry
+/// too: an event published after its credentials expired is not delivered, however
+/// much the stream still had to write when they did.
+#[tokio::test]
+async fn a_busy_stream_ends_when_the_token_expires() {
+    busy_stream_ends_at_expiry(&[]).await;
+}
+
+/// The same with a write linger, whose streams are written by their tasks alone.
+/// (The linger's own timing around expiry is tested on a paused clock in the
+/// library's `stream.rs`.)
+#[tokio::test]
+async fn a_busy_lingering_stream_ends_when_the_token_expires() {
+    busy_stream_ends_at_expiry(&["--write-linger", "25ms"]).await;
+}
+
+async fn busy_stream_ends_at_expiry(extra: &[&str]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut args = vec!["--queue-size", "1024"];
+    args.extend_from_slice(extra);
+    let h = hub(&args);
+    // exp now; with the 5 s leeway the stream may run about 5 s.
+    let t = token("7", &["user:{sub}"], &[], 0);
+    let started = std::time::Instant::now();
+    let mut sock = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let req = format!("GET /events?topic=user:7 HTTP/1.0\r\nAuthorization: Bearer {t}\r\n\r\n");
+    sock.write_all(req.as_bytes()).await.unwrap();
+    eventually("subscribed", || async {
+        h.status().await["subscriptions"] == 1
+    })
+    .await;
+    // ~18 MB that the client does not read yet: the socket fills up and the
+    // stream's task is left writing.
+    let publish = |i: u64, pad: &str| {
+        let body = json!({"topic": "user:7", "event": "n", "data": {"i": i, "pad": pad}});
+        let req = client()
+            .post(h.url("/publish"))
+            .bearer_auth(PUBLISH_KEY)
+            .json(&body);
+        async move { assert_eq!(req.send().await.unwrap().status(), 200) }
+    };
+    let big = "z".repeat(30_000);
+    for i in 0..600 {
+        publish(i, &big).await;
+    }
+    if extra.is_empty() {
+        assert!(
+            h.metric("herald_writes_handed_back_total").await >= 1.0,
+            "a publisher found the socket full and handed the stream to its task"
+        );
+    }
+    // Past the expiry and its leeway (5 s), but within the write timeout (15 s).
+    tokio::time::sleep(std::time::Duration::from_secs(7).saturating_sub(started.elapsed())).await;
+    publish(1_000_000, "after expiry").await;
+    let mut body = Vec::new();
+    tokio::time::timeout(support::DEADLINE, sock.read_to_end(&mut body))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("\"i\":0,"), "it streamed before expiry");
+    assert!(
+        !text.contains("after expiry"),
+        "an event published after expiry was delivered"
+    );
+    assert!(
+        text.trim_end().ends_with("retry: 2000"),
+        "ends with a retry hint: {}",
+        &text[text.len().saturating_sub(300)..]
+    );
+}
+
 #[tokio::test]
 async fn publishing_needs_a_key_or_publish_rights() {
     let h = hub(&[]);

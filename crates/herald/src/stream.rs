@@ -437,9 +437,12 @@ impl Conn {
         if self.busy {
             // A write linger on a busy stream: no wake per event; at the next
             // flush tick, whatever arrived since the last write goes out in one.
-            // On shutdown or expiry, what arrived is still written; the wait
-            // below then ends the stream.
+            // On shutdown, what arrived is still written, and the wait below then
+            // ends the stream; on expiry, nothing more is.
             let ticked = self.wait_tick(shutdown).await;
+            if self.expired() {
+                return Some(self.subs.end_now(chunk));
+            }
             if let Err(stop) = self.subs.drain(&mut chunk, &mut delivered) {
                 return Some(self.subs.end(chunk, delivered, stop));
             }
@@ -481,12 +484,25 @@ impl Conn {
             && flush.now() == self.tick_seen
         {
             self.busy = self.wait_tick(shutdown).await;
+            if self.expired() {
+                return Some(self.subs.end_now(chunk));
+            }
         }
         // Coalesce whatever else is queued already into the same write.
         if let Err(stop) = self.subs.drain(&mut chunk, &mut delivered) {
             return Some(self.subs.end(chunk, delivered, stop));
         }
         Some(self.finish(chunk, delivered))
+    }
+
+    /// Whether the credentials have expired: then nothing more is read from the
+    /// rings (the client resumes with new credentials from where it stopped).
+    fn expired(&self) -> bool {
+        let expired = self.deadline.as_ref().is_some_and(|d| d.is_elapsed());
+        if expired {
+            tracing::debug!("credentials expired: ending the stream");
+        }
+        expired
     }
 
     /// The bytes of `chunk` to write; counts the deliveries and notes the tick.
@@ -648,6 +664,46 @@ mod tests {
         assert_eq!(hub.inner.metrics.slow_disconnected.get(), 0);
         // Gathered, not one write per event (the prelude is one of them).
         assert!(writes < 20, "{writes} writes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_ends_a_lingering_stream_before_events_that_came_after() {
+        // A stream holding writes for the linger (busy) when its credentials
+        // expire: what was published after they expired is not written.
+        let hub = linger_hub(100, 256);
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let expires = std::time::SystemTime::now() + Duration::from_secs(1);
+        let s = open(&hub, set, None, Some(expires)).await.expect("opened");
+        let mut s = Box::pin(s.into_stream());
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        publish(&hub, 1).await;
+        assert_eq!(data(&next(&mut s).await), [1]);
+        publish(&hub, 2).await;
+        assert_eq!(data(&next(&mut s).await), [2], "held for a tick: busy");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        publish(&hub, 3).await;
+        assert_eq!(next(&mut s).await, hub.inner.retry_frame);
+        assert!(s.next().await.is_none(), "the stream ended");
+
+        // Not busy, but holding an event for the linger when they expire: that
+        // event is written, nothing is read from the ring after expiry.
+        let hub = linger_hub(1000, 256);
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        // Ticks every second from the hub's start; expiry between the first two.
+        let expires = std::time::SystemTime::now() + Duration::from_millis(1500);
+        let s = open(&hub, set, None, Some(expires)).await.expect("opened");
+        let mut s = Box::pin(s.into_stream());
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        publish(&hub, 1).await;
+        assert_eq!(data(&next(&mut s).await), [1], "at once");
+        // The next write waits for the tick at 2 s; expiry comes first.
+        publish(&hub, 2).await;
+        publish(&hub, 3).await;
+        let last = next(&mut s).await;
+        assert_eq!(data(&last), [2]);
+        assert!(last.ends_with(&hub.inner.retry_frame), "{last:?}");
+        assert!(s.next().await.is_none(), "the stream ended");
     }
 
     #[tokio::test(start_paused = true)]
