@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::stream::{Chunk, Subs};
 
@@ -45,6 +46,9 @@ pub(crate) struct Direct {
     socket: Arc<TcpStream>,
     /// HTTP/1.0: no chunked framing.
     http10: bool,
+    /// When the credentials expire: from then on publishers write nothing (the
+    /// task, woken by its own timer or by them, ends the stream).
+    expires: Option<Instant>,
 }
 
 struct State {
@@ -72,7 +76,12 @@ pub(crate) enum Work {
 }
 
 impl Direct {
-    pub(crate) fn new(subs: Subs, socket: Arc<TcpStream>, http10: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        subs: Subs,
+        socket: Arc<TcpStream>,
+        http10: bool,
+        expires: Option<Instant>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 subs,
@@ -83,6 +92,7 @@ impl Direct {
             wake: Notify::new(),
             socket,
             http10,
+            expires,
         })
     }
 
@@ -103,6 +113,12 @@ impl Direct {
         let mut st = self.lock();
         if !st.idle {
             // Its task is writing, and checks the rings before it goes idle again.
+            return;
+        }
+        if self.expires.is_some_and(|at| Instant::now() >= at) {
+            // Expired, and its task has not noticed yet: it ends the stream.
+            st.idle = false;
+            self.wake.notify_one();
             return;
         }
         let mut chunk = Chunk::default();
@@ -214,7 +230,53 @@ fn rest(parts: &[&[u8]], mut written: usize) -> Bytes {
 
 #[cfg(test)]
 mod tests {
-    use super::rest;
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::{Direct, Work, rest};
+    use crate::cursor::TopicSet;
+    use crate::{Hub, HubConfig};
+
+    #[tokio::test(start_paused = true)]
+    async fn publishers_write_nothing_to_a_stream_whose_credentials_expired() {
+        let hub = Hub::new(HubConfig::default()).expect("hub");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let expires = SystemTime::now() + Duration::from_secs(1);
+        let conn = crate::stream::open(&hub, set, None, Some(expires))
+            .await
+            .expect("opened");
+        let at = conn.deadline.as_ref().map(|d| d.deadline());
+        let direct = Direct::new(conn.subs, Arc::new(server), true, at);
+        hub.inner.fanout.attach(&direct);
+        let read = |mut c: TcpStream| async move {
+            let mut buf = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_millis(100), c.read(&mut buf)).await;
+            (c, n.map(|n| buf[..n.expect("read")].to_vec()))
+        };
+        // Idle: a publisher writes to it.
+        assert!(matches!(direct.take(&mut None, false), Work::Idle));
+        hub.publish("a", "n", &1).await.expect("published");
+        let (client, got) = read(client).await;
+        assert!(got.expect("written").ends_with(b"data: 1\n\n"));
+        // Past the expiry, before its task's timer fires: nothing is written, and
+        // the task is woken to end the stream.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        hub.publish("a", "n", &2).await.expect("published");
+        let (_client, got) = read(client).await;
+        assert!(got.is_err(), "written after expiry: {got:?}");
+        tokio::time::timeout(Duration::from_millis(100), direct.handed_over())
+            .await
+            .expect("the task is woken");
+        hub.inner.fanout.detach(&direct);
+    }
 
     #[test]
     fn rest_skips_what_was_written_across_parts() {

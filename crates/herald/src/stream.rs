@@ -221,6 +221,14 @@ async fn recv_any(
     }
 }
 
+/// Whether the credentials' `deadline` has passed (by the clock, which may be
+/// ahead of the timer's firing).
+pub(crate) fn expired(deadline: &Option<std::pin::Pin<Box<tokio::time::Sleep>>>) -> bool {
+    deadline
+        .as_ref()
+        .is_some_and(|d| tokio::time::Instant::now() >= d.deadline())
+}
+
 /// Completes when the credentials' `deadline` has passed; never without one.
 pub(crate) async fn expiry(deadline: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
     match deadline.as_mut() {
@@ -425,8 +433,10 @@ impl Conn {
         if self.subs.done {
             return None;
         }
-        // The hub is shutting down (one atomic load: a busy stream notices it here).
-        if self.heartbeat.is_closed() {
+        // The hub is shutting down (one atomic load: a busy stream notices it
+        // here), or the credentials expired (by the clock: their timer may not
+        // have fired yet).
+        if self.heartbeat.is_closed() || self.expired() {
             return Some(self.subs.end_now(Chunk::default()));
         }
         let mut chunk = Chunk::default();
@@ -476,6 +486,10 @@ impl Conn {
                 Err(broadcast::error::RecvError::Closed) => return Some(self.subs.end_now(chunk)),
             },
         }
+        if self.expired() {
+            // Woken by an event after the deadline, before its timer fired.
+            return Some(self.subs.end_now(Chunk::default()));
+        }
         // With a write linger, a stream writes events at most once per flush tick:
         // when its last write was after the latest tick, this event waits for the
         // next one, and so does every later event while they keep coming.
@@ -498,7 +512,7 @@ impl Conn {
     /// Whether the credentials have expired: then nothing more is read from the
     /// rings (the client resumes with new credentials from where it stopped).
     fn expired(&self) -> bool {
-        let expired = self.deadline.as_ref().is_some_and(|d| d.is_elapsed());
+        let expired = expired(&self.deadline);
         if expired {
             tracing::debug!("credentials expired: ending the stream");
         }

@@ -251,14 +251,15 @@ async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpSt
     if first.is_err() {
         return;
     }
-    let direct = Direct::new(subs, socket, out.http10);
+    let expires = deadline.as_ref().map(|d| d.deadline());
+    let direct = Direct::new(subs, socket, out.http10, expires);
     let _attached = Attached::new(hub.inner.fanout.clone(), direct.clone());
     let mut beat = None;
     let mut end = false;
     loop {
         // The hub shutting down closes the heartbeat channel (one atomic load);
         // credentials that expired end a stream that never goes idle, too.
-        end |= heartbeat.is_closed() || deadline.as_ref().is_some_and(|d| d.is_elapsed());
+        end |= heartbeat.is_closed() || crate::stream::expired(&deadline);
         let done = match direct.take(&mut beat, end) {
             Work::Framed(b) => write_framed(&mut out.wr, &b).await.is_err(),
             Work::Data(b) => out.chunk(Some(&b)).await.is_err(),
