@@ -324,6 +324,52 @@ async fn batch_publish_is_all_or_nothing() {
     assert_eq!(h.status().await["events_published"], 2);
 }
 
+/// A batch holds at most the queue size of events per topic: pushed at once, a
+/// larger one would overrun every subscriber of the topic (they would all be
+/// disconnected as slow). Up to it, every subscriber takes the whole batch.
+#[tokio::test]
+async fn a_batch_up_to_the_queue_size_per_topic_reaches_everyone() {
+    let h = Herald::start(&["--queue-size", "64"]);
+    let mut s = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let batch = |topics: &[&str], n: usize| -> serde_json::Value {
+        let items: Vec<serde_json::Value> = (0..n)
+            .map(|i| json!({"topic": topics[i % topics.len()], "data": i}))
+            .collect();
+        json!(items)
+    };
+    // 64 on one topic; then 128 over two (more than 64 in all, 64 per topic).
+    let (status, body) = h.publish(batch(&["a"], 64)).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = h.publish(batch(&["a", "b"], 128)).await;
+    assert_eq!(status, 200, "{body}");
+    for i in 0..64 {
+        assert_eq!(s.next().await.json(), json!(i));
+    }
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..128 {
+        let n = s.next().await.json().as_u64().unwrap();
+        if n % 2 == 0 { a.push(n) } else { b.push(n) }
+    }
+    assert_eq!(a, (0..128).step_by(2).collect::<Vec<_>>());
+    assert_eq!(b, (1..128).step_by(2).collect::<Vec<_>>());
+    assert_eq!(
+        h.metric("herald_slow_subscribers_disconnected_total").await,
+        0.0
+    );
+    // 65 on one topic: refused, nothing published.
+    let (status, body) = h.publish(batch(&["a"], 65)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("65 events for topic a"),
+        "{body}"
+    );
+    assert_eq!(h.status().await["events_published"], 192);
+}
+
 #[tokio::test]
 async fn broadcast_topic_reaches_every_stream() {
     let h = Herald::start(&["--broadcast-topic", "all"]);

@@ -26,6 +26,9 @@ async fn publish_errors() {
         .map(|_| json!({"topic": "a", "data": 1}))
         .collect();
     let batch = serde_json::to_string(&batch).unwrap();
+    // More events for one topic than a subscriber's queue (256 by default).
+    let one_topic: Vec<Value> = (0..257).map(|i| json!({"topic": "a", "data": i})).collect();
+    let one_topic = serde_json::to_string(&one_topic).unwrap();
     let cases: Vec<(&str, &str, String, u16, &str)> = vec![
         (
             "text/plain",
@@ -108,6 +111,13 @@ async fn publish_errors() {
             "application/json",
             "batch too long",
             batch,
+            400,
+            "invalid_request",
+        ),
+        (
+            "application/json",
+            "more events for one topic than the queue size",
+            one_topic,
             400,
             "invalid_request",
         ),

@@ -42,6 +42,20 @@ pub enum PublishError {
     /// The batch is empty.
     #[error("nothing to publish: the batch is empty")]
     EmptyBatch,
+    /// The batch holds more events for one topic than a subscriber's queue
+    /// ([`HubConfig::queue_size`](crate::HubConfig::queue_size)): pushed at once,
+    /// they would overrun every subscriber of the topic.
+    #[error(
+        "the batch holds {count} events for topic {topic}, at most {max} (the queue size) are allowed per topic"
+    )]
+    BatchTooLarge {
+        /// The topic.
+        topic: String,
+        /// Its events in the batch.
+        count: usize,
+        /// The queue size.
+        max: usize,
+    },
     /// The backend could not take the events.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -290,6 +304,22 @@ impl Hub {
         let inner = &self.inner;
         if events.is_empty() {
             return Err(PublishError::EmptyBatch);
+        }
+        let queue = inner.config.queue_size;
+        if events.len() > queue {
+            let mut per_topic = std::collections::HashMap::new();
+            for e in events {
+                let count = per_topic.entry(&e.topic).or_insert(0usize);
+                *count += 1;
+                if *count > queue {
+                    let count = events.iter().filter(|x| x.topic == e.topic).count();
+                    return Err(PublishError::BatchTooLarge {
+                        topic: e.topic.as_str().to_owned(),
+                        count,
+                        max: queue,
+                    });
+                }
+            }
         }
         let max = inner.config.max_payload_bytes;
         if let Some(e) = events.iter().find(|e| e.data.len() > max) {

@@ -205,6 +205,7 @@ impl From<PublishError> for ApiError {
             PublishError::PayloadTooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
             PublishError::Serialize(_)
             | PublishError::EmptyBatch
+            | PublishError::BatchTooLarge { .. }
             | PublishError::NoBroadcastTopic => Self::InvalidRequest(e.to_string()),
             PublishError::Backend(b) => b.into(),
         }
