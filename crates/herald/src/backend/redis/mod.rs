@@ -8,7 +8,7 @@
 //!   event is one call on its topic's shard, in batch order.
 //! - **Live**: one subscriber connection per instance carries every topic with local
 //!   subscribers (SUBSCRIBE on the first, UNSUBSCRIBE after the last), see
-//!   [`subscriber`]. On a Cluster it uses sharded pub/sub (SSUBSCRIBE/SPUBLISH); the
+//!   `subscriber`. On a Cluster it uses sharded pub/sub (SSUBSCRIBE/SPUBLISH); the
 //!   stream key and the channel share a hash slot (`<prefix>:{<topic>}:s` and
 //!   `<prefix>:{<topic>}:c`), so both live on the topic's shard.
 //! - **Resume** reads the topic's stream after the cursor ([`resume.lua`](./resume.lua)).
