@@ -177,6 +177,28 @@ async fn reconnect_before_any_event_loses_nothing() {
 }
 
 #[tokio::test]
+async fn cursor_ahead_of_the_topics_gets_reset_event_first() {
+    // A cursor newer than anything the topics held (from before a restart whose
+    // clock stepped back, or made up): live events up to it would be taken for
+    // duplicates and dropped, so the stream starts from now with `herald.reset`.
+    let h = Herald::start(&[]);
+    h.send("a", "n", json!(0)).await;
+    let s = Sse::open(&h.url("/events?topic=a,b"), None).await;
+    let fresh = s.last_id.clone();
+    drop(s);
+    let (_, sum) = fresh.split_once('~').unwrap();
+    let ahead = format!("99999999999999-0,99999999999999-0~{sum}");
+    let mut s = Sse::open(&h.url("/events?topic=a,b"), Some(&ahead)).await;
+    let ev = s.next().await;
+    assert_eq!(ev.event, "herald.reset");
+    assert_eq!(ev.json(), json!({"topics": ["a", "b"]}));
+    h.send("a", "n", json!("live a")).await;
+    h.send("b", "n", json!("live b")).await;
+    assert_eq!(s.next().await.json(), json!("live a"));
+    assert_eq!(s.next().await.json(), json!("live b"));
+}
+
+#[tokio::test]
 async fn stale_cursor_gets_reset_event_first() {
     let h = Herald::start(&["--retention-events", "3"]);
     let first = h.send("a", "n", json!(0)).await;

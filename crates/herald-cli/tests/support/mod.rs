@@ -333,14 +333,20 @@ impl Sse {
         }
     }
 
-    /// The next event with data (what a browser fires).
+    /// The next event with data (what a browser fires), within [`DEADLINE`]
+    /// (heartbeats are comments: they would keep a bare loop waiting for ever).
     pub async fn next(&mut self) -> Ev {
-        loop {
-            let ev = self.next_raw().await.expect("stream ended early");
-            if !ev.data.is_empty() {
-                return ev;
+        let next = async {
+            loop {
+                let ev = self.next_raw().await.expect("stream ended early");
+                if !ev.data.is_empty() {
+                    return ev;
+                }
             }
-        }
+        };
+        tokio::time::timeout(DEADLINE, next)
+            .await
+            .expect("an event with data in time")
     }
 
     /// Events with data until the stream ends.

@@ -163,9 +163,12 @@ impl Backend for MemoryBackend {
         let mut state = self.lock();
         let default_horizon = state.default_horizon;
         let history = match state.rings.get_mut(topic) {
+            // A cursor other than the default horizon is older (events may have
+            // expired) or newer than anything this process held (a cursor from
+            // before a restart whose clock stepped back): reset.
             None => History {
                 frames: Vec::new(),
-                reset: after.is_some_and(|p| p < default_horizon),
+                reset: after.is_some_and(|p| p != default_horizon),
                 head: default_horizon,
             },
             Some(ring) => {
@@ -176,7 +179,10 @@ impl Backend for MemoryBackend {
                         reset: false,
                         head: ring.last,
                     },
-                    Some(p) if p < ring.horizon => History {
+                    // Older than what is retained, or newer than the topic's
+                    // last event (live events up to it would be taken for
+                    // duplicates and dropped): reset.
+                    Some(p) if p < ring.horizon || p > ring.last => History {
                         frames: Vec::new(),
                         reset: true,
                         head: ring.last,
