@@ -499,6 +499,8 @@ impl Conn {
         {
             self.busy = self.wait_tick(shutdown).await;
             if self.expired() {
+                // The event held for the tick goes out, then the end.
+                inner.metrics.events_delivered.inc_by(delivered);
                 return Some(self.subs.end_now(chunk));
             }
         }
@@ -717,6 +719,7 @@ mod tests {
         let last = next(&mut s).await;
         assert_eq!(data(&last), [2]);
         assert!(last.ends_with(&hub.inner.retry_frame), "{last:?}");
+        assert_eq!(hub.inner.metrics.events_delivered.get(), 2, "1 and 2");
         assert!(s.next().await.is_none(), "the stream ended");
     }
 
