@@ -1,8 +1,8 @@
 //! The local registry: topic -> subscribers of this process.
 //!
-//! Each topic with local subscribers has one `tokio::sync::broadcast` ring of
-//! encoded [`Frame`]s; a subscriber is a receiver on it (16 bytes when idle), and
-//! a dispatch is one push whatever the number of subscribers. A subscriber that
+//! Each topic with local subscribers has one ring ([`crate::channel`]) of encoded
+//! [`Frame`]s; a subscriber is a receiver on it (16 bytes when idle), and a
+//! dispatch is one push whatever the number of subscribers. A subscriber that
 //! falls more than the ring's capacity behind gets `Lagged` and is disconnected by
 //! its stream: publishers never wait for a slow client.
 //! (`../shared/notes/dependencies.md` §3 measured this against a queue per subscriber.)
@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
+
+use crate::channel::{self, Receiver, Sender};
 
 use crate::direct::{self, Direct};
 use crate::event::Topic;
@@ -69,7 +71,7 @@ impl FlushTicks {
 /// One topic's ring, and its direct streams ([`crate::direct`]).
 pub struct Ring {
     /// The only sender: dropping the ring closes the channel.
-    tx: broadcast::Sender<Frame>,
+    tx: Sender,
     /// Declared after `tx`, so dropped after it: see [`DirectStreams`].
     direct: DirectStreams,
 }
@@ -99,7 +101,7 @@ impl std::fmt::Debug for Ring {
 }
 
 impl Ring {
-    fn new(tx: broadcast::Sender<Frame>) -> Arc<Self> {
+    fn new(tx: Sender) -> Arc<Self> {
         Arc::new(Self {
             tx,
             direct: DirectStreams::default(),
@@ -150,12 +152,12 @@ impl Fanout {
     }
 
     /// Registers a subscriber: it receives every frame dispatched from now on.
-    pub fn subscribe(&self, topic: &Topic) -> broadcast::Receiver<Frame> {
+    pub fn subscribe(&self, topic: &Topic) -> Receiver {
         let mut topics = self.lock();
         match topics.get(topic) {
             Some(ring) => ring.tx.subscribe(),
             None => {
-                let (tx, rx) = broadcast::channel(self.capacity);
+                let (tx, rx) = channel::channel(self.capacity);
                 topics.insert(topic.clone(), Ring::new(tx));
                 rx
             }
@@ -177,10 +179,10 @@ impl Fanout {
     pub fn push(&self, topic: &Topic, frame: Frame) -> (usize, Option<Arc<Ring>>) {
         let topics = self.lock();
         match topics.get(topic) {
-            // `send` fails only when there is no receiver left, which `release` is
-            // about to clean up: nothing to deliver then.
+            // No receiver left (`send` gives 0): `release` is about to clean up;
+            // nothing to deliver then.
             Some(ring) => {
-                let n = ring.tx.send(frame).unwrap_or(0);
+                let n = ring.tx.send(frame);
                 // Streams lingering for the next tick read nothing meanwhile: a
                 // busy topic must not overrun them (a tick early costs a write).
                 if let Some(flush) = &self.flush

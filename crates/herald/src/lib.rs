@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod backend;
 mod builder;
+mod channel;
 mod config;
 pub mod cursor;
 mod direct;
@@ -37,6 +38,7 @@ pub use server::ServeOptions;
 /// Internals exposed for the micro-benchmarks in `benches/`; not a stable API.
 #[doc(hidden)]
 pub mod __bench {
+    pub use crate::channel::{Receiver, TryRecvError};
     pub use crate::fanout::Fanout;
     pub use crate::sse::Frame;
 }

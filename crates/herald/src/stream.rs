@@ -13,10 +13,10 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::channel::{Receiver, RecvError, TryRecvError};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::broadcast;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::BackendError;
@@ -64,7 +64,7 @@ pub(crate) struct Subs {
     /// One receiver per topic, in the topic set's order. Declared before
     /// `registration`: fields drop in order, so the receivers are gone when the
     /// registration releases the topics.
-    live: Vec<broadcast::Receiver<Frame>>,
+    live: Vec<Receiver>,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
     /// For streams on exclusive topics: per topic, the position of this stream's
@@ -207,9 +207,7 @@ pub(crate) async fn open(
 ///
 /// Receiving is cancel-safe, so when one topic delivers, the waits on the others
 /// are dropped without losing anything.
-async fn recv_any(
-    live: &mut [broadcast::Receiver<Frame>],
-) -> Option<(usize, Result<Frame, RecvError>)> {
+async fn recv_any(live: &mut [Receiver]) -> Option<(usize, Result<Frame, RecvError>)> {
     match live {
         [] => None,
         [rx] => Some((0, rx.recv().await)),

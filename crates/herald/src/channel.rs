@@ -1,0 +1,357 @@
+//! A topic's ring: one sender, many receivers, each receiving every frame sent
+//! after it subscribed, in order, until it falls `capacity` frames behind.
+//!
+//! It does what `tokio::sync::broadcast` does for the fanout, with one difference
+//! that matters for memory: it holds only the frames some receiver has yet to
+//! read. `broadcast` allocates all `capacity` slots up front (~88 bytes each, 22
+//! KiB per topic at the default 256), which is most of a connection's memory when
+//! each connection has a topic of its own (`user:42`). Here an idle topic holds an
+//! empty queue, and a busy one as many frames as its slowest receiver is behind.
+//!
+//! One mutex per topic guards the queue; a sender notifies the waiting receivers.
+//! Every operation under it is a few loads and stores (no allocation but the
+//! queue's occasional growth, no await).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::sse::Frame;
+
+/// Why [`Receiver::recv`] gave no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// The receiver fell this many frames behind: they are gone.
+    Lagged(u64),
+    /// The sender is gone and every frame was read.
+    Closed,
+}
+
+/// Why [`Receiver::try_recv`] gave no frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing new yet.
+    Empty,
+    /// The receiver fell this many frames behind: they are gone.
+    Lagged(u64),
+    /// The sender is gone and every frame was read.
+    Closed,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Receivers waiting in [`Receiver::recv`].
+    sent: Notify,
+}
+
+struct Queue {
+    /// Frames not yet read by every receiver that was there when each was sent,
+    /// with how many of those receivers have yet to read it; the first has
+    /// sequence number `head`.
+    frames: VecDeque<(Frame, usize)>,
+    head: u64,
+    capacity: usize,
+    receivers: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn tail(&self) -> u64 {
+        self.head + self.frames.len() as u64
+    }
+
+    /// Drops the frames at the front that every receiver has read.
+    fn trim(&mut self) {
+        while self.frames.front().is_some_and(|(_, left)| *left == 0) {
+            self.frames.pop_front();
+            self.head += 1;
+        }
+        // A burst grew the queue; give the memory back once it is read.
+        if self.frames.is_empty() && self.frames.capacity() > 64 {
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+/// The sending side; dropping it closes the ring (receivers get what is left,
+/// then [`RecvError::Closed`]).
+pub(crate) struct Sender(Arc<Shared>);
+
+/// One subscriber's place in the ring.
+pub struct Receiver {
+    shared: Arc<Shared>,
+    /// Sequence number of the next frame to read.
+    next: u64,
+}
+
+/// A ring that keeps up to `capacity` frames for its slowest receiver.
+pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            head: 0,
+            capacity: capacity.max(1),
+            receivers: 1,
+            closed: false,
+        }),
+        sent: Notify::new(),
+    });
+    let rx = Receiver {
+        shared: shared.clone(),
+        next: 0,
+    };
+    (Sender(shared), rx)
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, Queue> {
+    // Every update leaves the queue whole (no panic between its steps): ignore
+    // poisoning.
+    shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Sender {
+    /// Appends `frame` for every current receiver; returns how many there are (0:
+    /// the frame is dropped). A receiver more than `capacity` frames behind loses
+    /// the oldest.
+    pub(crate) fn send(&self, frame: Frame) -> usize {
+        let mut q = lock(&self.0);
+        let receivers = q.receivers;
+        if receivers == 0 {
+            return 0;
+        }
+        q.frames.push_back((frame, receivers));
+        if q.frames.len() > q.capacity {
+            q.frames.pop_front();
+            q.head += 1;
+            q.trim();
+        }
+        drop(q);
+        self.0.sent.notify_waiters();
+        receivers
+    }
+
+    /// A new receiver, which gets the frames sent from now on.
+    pub(crate) fn subscribe(&self) -> Receiver {
+        let mut q = lock(&self.0);
+        q.receivers += 1;
+        Receiver {
+            shared: self.0.clone(),
+            next: q.tail(),
+        }
+    }
+
+    /// Frames some receiver has yet to read.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.0).frames.len()
+    }
+
+    /// Receivers alive.
+    pub(crate) fn receiver_count(&self) -> usize {
+        lock(&self.0).receivers
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        lock(&self.0).closed = true;
+        self.0.sent.notify_waiters();
+    }
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// The next frame if there is one, without waiting.
+    pub fn try_recv(&mut self) -> Result<Frame, TryRecvError> {
+        take(&self.shared, &mut self.next)
+    }
+
+    /// The next frame, waiting for one. Cancel-safe: a frame is taken only when
+    /// it is returned.
+    pub async fn recv(&mut self) -> Result<Frame, RecvError> {
+        let Self { shared, next } = self;
+        loop {
+            // Registered before the check, so a send between the two is not missed.
+            let sent = shared.sent.notified();
+            tokio::pin!(sent);
+            sent.as_mut().enable();
+            match take(shared, next) {
+                Ok(frame) => return Ok(frame),
+                Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => sent.await,
+            }
+        }
+    }
+}
+
+/// The frame numbered `*next`, if sent and still held; moves `*next` on.
+fn take(shared: &Shared, next: &mut u64) -> Result<Frame, TryRecvError> {
+    let mut q = lock(shared);
+    if *next < q.head {
+        let missed = q.head - *next;
+        *next = q.head;
+        return Err(TryRecvError::Lagged(missed));
+    }
+    let i = (*next - q.head) as usize;
+    let Some((frame, left)) = q.frames.get_mut(i) else {
+        return Err(if q.closed {
+            TryRecvError::Closed
+        } else {
+            TryRecvError::Empty
+        });
+    };
+    let frame = frame.clone();
+    *left -= 1;
+    *next += 1;
+    if i == 0 && *left == 0 {
+        q.trim();
+    }
+    Ok(frame)
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut q = lock(&self.shared);
+        q.receivers -= 1;
+        // The frames it had yet to read no longer wait for it.
+        let from = self.next.max(q.head);
+        let (head, tail) = (q.head, q.tail());
+        for seq in from..tail {
+            if let Some((_, left)) = q.frames.get_mut((seq - head) as usize) {
+                *left = left.saturating_sub(1);
+            }
+        }
+        q.trim();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventName, Position, Topic};
+
+    fn frame(n: u64) -> Frame {
+        let t = Topic::new("t").expect("topic");
+        Frame::new(
+            Position::new(n, 0),
+            &Event::new(t, EventName::message(), n.to_string()),
+        )
+    }
+
+    fn n(f: Frame) -> u64 {
+        f.pos.ms
+    }
+
+    #[test]
+    fn every_receiver_gets_what_was_sent_after_it_subscribed() {
+        let (tx, mut a) = channel(4);
+        assert_eq!(tx.send(frame(1)), 1);
+        let mut b = tx.subscribe();
+        assert_eq!(tx.send(frame(2)), 2);
+        assert_eq!(n(a.try_recv().expect("1")), 1);
+        assert_eq!(n(a.try_recv().expect("2")), 2);
+        assert_eq!(a.try_recv().err(), Some(TryRecvError::Empty));
+        assert_eq!(n(b.try_recv().expect("2")), 2);
+        assert_eq!(b.try_recv().err(), Some(TryRecvError::Empty));
+        assert_eq!(tx.len(), 0, "read by all: nothing held");
+    }
+
+    #[test]
+    fn a_receiver_capacity_behind_lags_and_others_do_not() {
+        let (tx, mut slow) = channel(4);
+        let mut fast = tx.subscribe();
+        for i in 1..=4 {
+            tx.send(frame(i));
+            assert_eq!(n(fast.try_recv().expect("fast")), i);
+        }
+        assert_eq!(tx.len(), 4, "held for the slow one");
+        tx.send(frame(5));
+        assert_eq!(n(fast.try_recv().expect("fast")), 5);
+        assert_eq!(slow.try_recv().err(), Some(TryRecvError::Lagged(1)));
+        assert_eq!(n(slow.try_recv().expect("then from the oldest kept")), 2);
+    }
+
+    #[test]
+    fn dropping_a_receiver_frees_what_only_it_had_to_read() {
+        let (tx, mut a) = channel(8);
+        let b = tx.subscribe();
+        for i in 1..=3 {
+            tx.send(frame(i));
+        }
+        for _ in 1..=3 {
+            a.try_recv().expect("a");
+        }
+        assert_eq!(tx.len(), 3);
+        drop(b);
+        assert_eq!((tx.len(), tx.receiver_count()), (0, 1));
+        drop(a);
+        assert_eq!(tx.send(frame(4)), 0, "no receiver: dropped");
+        assert_eq!(tx.len(), 0);
+    }
+
+    #[test]
+    fn closing_gives_what_is_left_then_closed() {
+        let (tx, mut a) = channel(4);
+        tx.send(frame(1));
+        drop(tx);
+        assert_eq!(n(a.try_recv().expect("1")), 1);
+        assert_eq!(a.try_recv().err(), Some(TryRecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn recv_waits_for_a_send_and_for_the_close() {
+        let (tx, mut a) = channel(4);
+        let reader = tokio::spawn(async move {
+            let first = a.recv().await.map(n);
+            let second = a.recv().await.map(n);
+            (first, second)
+        });
+        tokio::task::yield_now().await;
+        tx.send(frame(7));
+        tokio::task::yield_now().await;
+        drop(tx);
+        let (first, second) = reader.await.expect("reader");
+        assert_eq!(first, Ok(7));
+        assert_eq!(second, Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn many_threads_each_get_every_frame_in_order() {
+        let (tx, rx) = channel(1 << 16);
+        let mut readers = vec![rx];
+        for _ in 0..3 {
+            readers.push(tx.subscribe());
+        }
+        let handles: Vec<_> = readers
+            .into_iter()
+            .map(|mut rx| {
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        match rx.try_recv() {
+                            Ok(f) => got.push(n(f)),
+                            Err(TryRecvError::Empty) => std::thread::yield_now(),
+                            Err(TryRecvError::Closed) => return got,
+                            Err(TryRecvError::Lagged(k)) => panic!("lagged {k}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for i in 0..10_000 {
+            tx.send(frame(i));
+        }
+        drop(tx);
+        for h in handles {
+            assert_eq!(h.join().expect("reader"), (0..10_000).collect::<Vec<_>>());
+        }
+    }
+}
