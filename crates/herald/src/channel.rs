@@ -53,6 +53,8 @@ struct Queue {
     head: u64,
     capacity: usize,
     receivers: usize,
+    /// Receivers waiting in [`Receiver::recv`]: a send with none skips the wake.
+    waiting: usize,
     closed: bool,
 }
 
@@ -93,6 +95,7 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             head: 0,
             capacity: capacity.max(1),
             receivers: 1,
+            waiting: 0,
             closed: false,
         }),
         sent: Notify::new(),
@@ -126,8 +129,11 @@ impl Sender {
             q.head += 1;
             q.trim();
         }
+        let wake = q.waiting > 0;
         drop(q);
-        self.0.sent.notify_waiters();
+        if wake {
+            self.0.sent.notify_waiters();
+        }
         receivers
     }
 
@@ -186,9 +192,38 @@ impl Receiver {
                 Ok(frame) => return Ok(frame),
                 Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
                 Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-                Err(TryRecvError::Empty) => sent.await,
+                Err(TryRecvError::Empty) => {}
+            }
+            // Counted as waiting (under the lock, so a send after the check above
+            // wakes it) until the wait ends or is dropped.
+            let waiting = Waiting::new(shared);
+            if waiting.still_empty(*next) {
+                sent.await;
             }
         }
+    }
+}
+
+/// A receiver counted in [`Queue::waiting`] while it lives.
+struct Waiting<'a>(&'a Shared);
+
+impl<'a> Waiting<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        lock(shared).waiting += 1;
+        Self(shared)
+    }
+
+    /// Whether frame `next` is still to come (checked after counting itself, so
+    /// a send in between wakes the wait that follows, or is seen here).
+    fn still_empty(&self, next: u64) -> bool {
+        let q = lock(self.0);
+        !q.closed && next >= q.tail()
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.0).waiting -= 1;
     }
 }
 
