@@ -65,7 +65,7 @@ failed = lambda r: r.get("publish_failed")
 conn = lambda r: r.get("connected")
 
 trio = ["herald", "nchan", "fse"]
-for sc in ["idle-1k", "idle-19k"]:
+for sc in ["idle-1k", "idle-19k", "idle-topics"]:
     servers = {s: load(f"{sc}-{s}") for s in trio}
     if any(servers.values()):
         row(sc, "connected", conn, servers, "higher")

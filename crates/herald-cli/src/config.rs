@@ -96,7 +96,7 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub(crate) max_connections: usize,
 
-    /// Events a subscriber may fall behind on one topic before it is disconnected (it resumes from its cursor); rounded up to a power of two. Also the most events one publish batch may hold for one topic.
+    /// Events a subscriber may fall behind on one topic before it is disconnected (it resumes from its cursor). Also the most events one publish batch may hold for one topic.
     #[arg(long, env = "HERALD_QUEUE_SIZE", default_value_t = 256)]
     pub(crate) queue_size: usize,
 

@@ -17,8 +17,8 @@ pub struct HubConfig {
     /// Open streams allowed at once; beyond it, 503 with `Retry-After`.
     pub max_connections: usize,
     /// How many events of one topic a subscriber may fall behind before its stream
-    /// is ended (it resumes from its cursor). Rounded up to a power of two. Also
-    /// the most events one batch may hold for one topic
+    /// is ended (it resumes from its cursor). Also the most events one batch may
+    /// hold for one topic
     /// ([`PublishError::BatchTooLarge`](crate::PublishError::BatchTooLarge)).
     pub queue_size: usize,
     /// Largest `data` of one event, as compact JSON, in bytes; beyond it, 413.
