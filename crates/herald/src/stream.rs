@@ -601,6 +601,21 @@ mod tests {
             .into_stream()
     }
 
+    /// Opens a stream on `a` whose credentials expire `after` from now, past its
+    /// prelude.
+    async fn open_expiring(
+        hub: &Hub,
+        after: Duration,
+    ) -> std::pin::Pin<Box<impl Stream<Item = Result<Bytes, std::convert::Infallible>> + use<>>>
+    {
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let expires = std::time::SystemTime::now() + after;
+        let conn = open(hub, set, None, Some(expires)).await.expect("opened");
+        let mut s = Box::pin(conn.into_stream());
+        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        s
+    }
+
     async fn publish(hub: &Hub, n: u64) {
         hub.publish("a", "n", &n).await.expect("published");
     }
@@ -685,11 +700,7 @@ mod tests {
         // A stream holding writes for the linger (busy) when its credentials
         // expire: what was published after they expired is not written.
         let hub = linger_hub(100, 256);
-        let set = TopicSet::parse(["a"], 32).expect("topic");
-        let expires = std::time::SystemTime::now() + Duration::from_secs(1);
-        let s = open(&hub, set, None, Some(expires)).await.expect("opened");
-        let mut s = Box::pin(s.into_stream());
-        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        let mut s = open_expiring(&hub, Duration::from_secs(1)).await;
         publish(&hub, 1).await;
         assert_eq!(data(&next(&mut s).await), [1]);
         publish(&hub, 2).await;
@@ -702,12 +713,8 @@ mod tests {
         // Not busy, but holding an event for the linger when they expire: that
         // event is written, nothing is read from the ring after expiry.
         let hub = linger_hub(1000, 256);
-        let set = TopicSet::parse(["a"], 32).expect("topic");
         // Ticks every second from the hub's start; expiry between the first two.
-        let expires = std::time::SystemTime::now() + Duration::from_millis(1500);
-        let s = open(&hub, set, None, Some(expires)).await.expect("opened");
-        let mut s = Box::pin(s.into_stream());
-        assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
+        let mut s = open_expiring(&hub, Duration::from_millis(1500)).await;
         tokio::time::sleep(Duration::from_millis(1200)).await;
         publish(&hub, 1).await;
         assert_eq!(data(&next(&mut s).await), [1], "at once");
