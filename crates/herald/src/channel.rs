@@ -6,7 +6,8 @@
 //! read. `broadcast` allocates all `capacity` slots up front (~88 bytes each, 22
 //! KiB per topic at the default 256), which is most of a connection's memory when
 //! each connection has a topic of its own (`user:42`). Here an idle topic holds an
-//! empty queue, and a busy one as many frames as its slowest receiver is behind.
+//! empty queue (with at most 8 slots' worth of memory kept from its last burst),
+//! and a busy one as many frames as its slowest receiver is behind.
 //!
 //! One mutex per topic guards the queue; a sender notifies the waiting receivers.
 //! Every operation under it is a few loads and stores (no allocation but the
@@ -69,8 +70,9 @@ impl Queue {
             self.frames.pop_front();
             self.head += 1;
         }
-        // A burst grew the queue; give the memory back once it is read.
-        if self.frames.is_empty() && self.frames.capacity() > 64 {
+        // A burst grew the queue; give the memory back once it is read (a topic
+        // whose readers keep up keeps its few slots).
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
             self.frames = VecDeque::new();
         }
     }
@@ -194,10 +196,9 @@ impl Receiver {
                 Err(TryRecvError::Closed) => return Err(RecvError::Closed),
                 Err(TryRecvError::Empty) => {}
             }
-            // Counted as waiting (under the lock, so a send after the check above
-            // wakes it) until the wait ends or is dropped.
-            let waiting = Waiting::new(shared);
-            if waiting.still_empty(*next) {
+            // Counted as waiting until the wait ends or is dropped: a send after
+            // the count wakes it; one before it is seen by the count's check.
+            if let Some(_waiting) = Waiting::enter(shared, *next) {
                 sent.await;
             }
         }
@@ -208,16 +209,15 @@ impl Receiver {
 struct Waiting<'a>(&'a Shared);
 
 impl<'a> Waiting<'a> {
-    fn new(shared: &'a Shared) -> Self {
-        lock(shared).waiting += 1;
-        Self(shared)
-    }
-
-    /// Whether frame `next` is still to come (checked after counting itself, so
-    /// a send in between wakes the wait that follows, or is seen here).
-    fn still_empty(&self, next: u64) -> bool {
-        let q = lock(self.0);
-        !q.closed && next >= q.tail()
+    /// Counts a receiver whose next frame is `next` as waiting, if that frame is
+    /// still to come and the ring open; `None` when there is something to take.
+    fn enter(shared: &'a Shared, next: u64) -> Option<Self> {
+        let mut q = lock(shared);
+        if q.closed || next < q.tail() {
+            return None;
+        }
+        q.waiting += 1;
+        Some(Self(shared))
     }
 }
 
@@ -261,6 +261,7 @@ impl Drop for Receiver {
         let (head, tail) = (q.head, q.tail());
         for seq in from..tail {
             if let Some((_, left)) = q.frames.get_mut((seq - head) as usize) {
+                debug_assert!(*left > 0, "a frame counted this receiver");
                 *left = left.saturating_sub(1);
             }
         }
@@ -330,6 +331,23 @@ mod tests {
         drop(a);
         assert_eq!(tx.send(frame(4)), 0, "no receiver: dropped");
         assert_eq!(tx.len(), 0);
+    }
+
+    #[test]
+    fn a_burst_read_by_all_gives_its_memory_back() {
+        let (tx, mut a) = channel(256);
+        for i in 0..100 {
+            tx.send(frame(i));
+        }
+        assert!(lock(&tx.0).frames.capacity() >= 100);
+        for _ in 0..100 {
+            a.try_recv().expect("frame");
+        }
+        assert_eq!(tx.len(), 0);
+        assert!(
+            lock(&tx.0).frames.capacity() <= 8,
+            "slots kept after the burst"
+        );
     }
 
     #[test]
