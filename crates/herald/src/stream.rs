@@ -35,6 +35,8 @@ pub(crate) enum OpenError {
     Full(usize),
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error("the credentials expired before the stream opened")]
+    Expired,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -106,6 +108,12 @@ pub(crate) async fn open(
     expires_at: Option<std::time::SystemTime>,
 ) -> Result<Conn, OpenError> {
     let inner = &hub.inner;
+    // Expired credentials (an authorizer's past expiry) open nothing, and take no
+    // exclusive topic; checked again after the history, which may take a while.
+    let expired = || expires_at.is_some_and(|at| at <= std::time::SystemTime::now());
+    if expired() {
+        return Err(OpenError::Expired);
+    }
     // Taken first: there is none once the hub is shutting down, and a shutdown
     // from here on closes it, which ends the stream.
     let heartbeat = inner.heartbeats().ok_or(OpenError::ShuttingDown)?;
@@ -150,6 +158,11 @@ pub(crate) async fn open(
             reset.push(t.as_str());
         }
         replay.extend(history.frames.into_iter().map(|f| (i, f)));
+    }
+    // Credentials that expired meanwhile (a slow resume): not even the history
+    // is written.
+    if expired() {
+        return Err(OpenError::Expired);
     }
     // Positions carry their publish time: interleave topics roughly as published.
     replay.sort_by_key(|(_, f)| f.pos);
@@ -726,6 +739,25 @@ mod tests {
         assert!(last.ends_with(&hub.inner.retry_frame), "{last:?}");
         assert_eq!(hub.inner.metrics.events_delivered.get(), 2, "1 and 2");
         assert!(s.next().await.is_none(), "the stream ended");
+    }
+
+    #[tokio::test]
+    async fn credentials_that_expired_before_the_stream_opened_open_nothing() {
+        let hub = linger_hub(0, 256);
+        publish(&hub, 1).await;
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let past = std::time::SystemTime::now() - Duration::from_secs(1);
+        let cursor = Some(vec![Position::new(0, 0)]);
+        assert!(matches!(
+            open(&hub, set, cursor, Some(past)).await,
+            Err(OpenError::Expired)
+        ));
+        assert_eq!(hub.inner.metrics.events_replayed.get(), 0);
+        assert_eq!(
+            hub.inner.metrics.connections_total.get(),
+            0,
+            "nothing opened"
+        );
     }
 
     #[tokio::test(start_paused = true)]

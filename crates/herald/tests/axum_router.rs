@@ -231,3 +231,44 @@ async fn has_subscriber_follows_streams() {
         tokio::task::yield_now().await;
     }
 }
+
+/// Credentials that expired before the stream opened (here, an authorizer's past
+/// expiry; with a JWT, a slow resume): 401, and nothing is written.
+#[tokio::test]
+async fn credentials_expired_before_the_stream_opened_get_401() {
+    use herald::auth::{AuthError, Authorize, Decision};
+    use herald::backend::BoxFuture;
+    use std::time::{Duration, SystemTime};
+
+    #[derive(Debug)]
+    struct ExpiredAlready;
+    impl Authorize for ExpiredAlready {
+        fn subscribe<'a>(
+            &'a self,
+            _request: &'a axum::http::request::Parts,
+            topics: &'a [herald::event::Topic],
+        ) -> BoxFuture<'a, Result<Decision, AuthError>> {
+            let decision = Decision {
+                allowed: vec![true; topics.len()],
+                expires_at: Some(SystemTime::now() - Duration::from_secs(1)),
+            };
+            Box::pin(std::future::ready(Ok(decision)))
+        }
+    }
+
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    assert!(hub.set_authorizer(ExpiredAlready));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().merge(hub.router());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = read_until(&mut s, "}").await;
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(out.contains(r#""error":"unauthorized""#), "{out}");
+    assert!(out.contains("expired"), "{out}");
+    assert_eq!(hub.status().connections, 0);
+}

@@ -135,6 +135,7 @@ async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
         .await
         .map_err(|e| match e {
             OpenError::Full(_) | OpenError::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            OpenError::Expired => ApiError::Unauthorized(e.to_string()),
             OpenError::Backend(b) => b.into(),
         })
 }
