@@ -10,13 +10,18 @@ use tokio::net::TcpStream;
 
 use common::read_until;
 
-#[tokio::test]
-async fn events_and_errors_through_axum_serve() {
-    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
-    let app = axum::Router::new().merge(hub.router());
+/// Serves `app` with plain `axum::serve` on an ephemeral port.
+async fn serve(app: axum::Router) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test]
+async fn events_and_errors_through_axum_serve() {
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    let addr = serve(axum::Router::new().merge(hub.router())).await;
 
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /events?topic=a,b HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -60,10 +65,7 @@ async fn authorize_hook_from_a_closure() {
         !hub.set_authorizer(herald::auth::from_fn(|_, _| true)),
         "set once"
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().merge(hub.router());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(axum::Router::new().merge(hub.router())).await;
 
     let mut ok = TcpStream::connect(addr).await.unwrap();
     ok.write_all(
@@ -117,10 +119,7 @@ async fn authorize_hook_from_an_async_closure() {
             .map(|t| t.as_str() == format!("user:{user}"))
             .collect())
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().merge(hub.router());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(axum::Router::new().merge(hub.router())).await;
     for (headers, status) in [("", "401"), ("X-User: 7\r\n", "403")] {
         let mut s = TcpStream::connect(addr).await.unwrap();
         let req = format!(
@@ -164,9 +163,7 @@ async fn publish_response_layer_publishes_successful_json_responses() {
             post(refuse).layer(hub.publish_response("ticket:{id}", "ticket_locked")),
         )
         .merge(hub.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(app).await;
 
     let mut sub = TcpStream::connect(addr).await.unwrap();
     sub.write_all(b"GET /events?topic=ticket:7 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -210,10 +207,7 @@ async fn publish_response_layer_publishes_successful_json_responses() {
 #[tokio::test]
 async fn has_subscriber_follows_streams() {
     let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().merge(hub.router());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(axum::Router::new().merge(hub.router())).await;
     assert!(!hub.has_subscriber("session:1").await.unwrap());
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /events?topic=session:1 HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -258,10 +252,7 @@ async fn credentials_expired_before_the_stream_opened_get_401() {
 
     let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
     assert!(hub.set_authorizer(ExpiredAlready));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = axum::Router::new().merge(hub.router());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve(axum::Router::new().merge(hub.router())).await;
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET /events?topic=a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
