@@ -432,6 +432,20 @@ async fn exclusive_topic_keeps_only_the_newest_stream() {
     assert_eq!(new.next().await.json(), json!(1));
     assert_eq!(shared.next().await.json(), json!(2));
     assert_eq!(h.metric("herald_streams_replaced_total").await, 1.0);
+    // A resume from before the takeover replays the event and counts only it:
+    // the takeover markers in the history are not written.
+    let replayed = h.metric("herald_events_replayed_total").await;
+    let delivered = h.metric("herald_events_delivered_total").await;
+    let mut again = Sse::open(&h.url("/events?topic=session:9"), Some(&old.last_id)).await;
+    assert_eq!(again.next().await.json(), json!(1));
+    assert_eq!(
+        h.metric("herald_events_replayed_total").await - replayed,
+        1.0
+    );
+    assert_eq!(
+        h.metric("herald_events_delivered_total").await - delivered,
+        1.0
+    );
 }
 
 #[tokio::test]

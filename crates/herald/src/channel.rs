@@ -122,7 +122,7 @@ impl Sender {
     pub(crate) fn send(&self, frame: Frame) -> usize {
         let mut q = lock(&self.0);
         let receivers = q.receivers;
-        if receivers == 0 {
+        if receivers == 0 || q.closed {
             return 0;
         }
         q.frames.push_back((frame, receivers));
@@ -160,10 +160,18 @@ impl Sender {
     }
 }
 
-impl Drop for Sender {
-    fn drop(&mut self) {
+impl Sender {
+    /// Closes the ring now (as dropping the sender does): receivers get what is
+    /// left, then [`RecvError::Closed`], and nothing sent from now on.
+    pub(crate) fn close(&self) {
         lock(&self.0).closed = true;
         self.0.sent.notify_waiters();
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -355,6 +363,16 @@ mod tests {
         let (tx, mut a) = channel(4);
         tx.send(frame(1));
         drop(tx);
+        assert_eq!(n(a.try_recv().expect("1")), 1);
+        assert_eq!(a.try_recv().err(), Some(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_closed_ring_takes_nothing_more() {
+        let (tx, mut a) = channel(4);
+        tx.send(frame(1));
+        tx.close();
+        assert_eq!(tx.send(frame(2)), 0);
         assert_eq!(n(a.try_recv().expect("1")), 1);
         assert_eq!(a.try_recv().err(), Some(TryRecvError::Closed));
     }

@@ -32,6 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::fanout::DirectStreams;
 use crate::stream::{Chunk, Subs};
 
 /// Topics with more idle streams than this are not written inline: the publisher
@@ -102,9 +103,27 @@ impl Direct {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The stream's topics (to attach it to their rings).
-    pub(crate) fn topics(&self) -> Vec<crate::event::Topic> {
-        self.lock().subs.topics().to_vec()
+    /// Lets publishers write to this stream while it is idle: it joins the rings
+    /// its receivers read (through their own handles, not the topic map: a topic
+    /// evicted meanwhile has a new ring there, or none).
+    pub(crate) fn attach(self: &Arc<Self>) {
+        for ring in self.rings() {
+            // A ring closed already: the receiver says so before the task goes idle.
+            ring.attach(self);
+        }
+    }
+
+    /// Undoes [`Direct::attach`] (before the stream is dropped).
+    pub(crate) fn detach(self: &Arc<Self>) {
+        for ring in self.rings() {
+            ring.detach(self);
+        }
+    }
+
+    /// The rings' lists, copied out of the state: a ring's list is never locked
+    /// while holding a stream's state (publishers lock them the other way round).
+    fn rings(&self) -> Vec<Arc<DirectStreams>> {
+        self.lock().subs.rings().to_vec()
     }
 
     /// A publisher's turn, after pushing onto one of this stream's rings: if the
@@ -255,7 +274,7 @@ mod tests {
             .expect("opened");
         let at = conn.deadline.as_ref().map(|d| d.deadline());
         let direct = Direct::new(conn.subs, Arc::new(server), true, at);
-        hub.inner.fanout.attach(&direct);
+        direct.attach();
         let read = |mut c: TcpStream| async move {
             let mut buf = vec![0u8; 4096];
             let n = tokio::time::timeout(Duration::from_millis(100), c.read(&mut buf)).await;
@@ -275,7 +294,64 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(100), direct.handed_over())
             .await
             .expect("the task is woken");
-        hub.inner.fanout.detach(&direct);
+        direct.detach();
+    }
+
+    /// A stream that goes direct after its topic was evicted, while a publisher
+    /// still held the old ring, is woken when that ring closes. It used to look
+    /// its rings up by topic, find none (or the topic's new one), and sit idle on
+    /// a closed receiver until its next heartbeat.
+    #[tokio::test]
+    async fn a_stream_attaching_after_its_topic_was_evicted_is_woken_when_the_ring_closes() {
+        let hub = Hub::new(HubConfig::default()).expect("hub");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let _client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let conn = crate::stream::open(&hub, set, None, None)
+            .await
+            .expect("opened");
+        let topic = crate::event::Topic::new("a").expect("topic");
+        // A publisher between its push and its delivery holds the ring...
+        let (_, held) = hub.inner.fanout.push(&topic, frame(&topic, 1));
+        let held = held
+            .or_else(|| hub.inner.fanout.ring(&topic))
+            .expect("ring");
+        // ...when the topic is evicted, and another stream opens it anew.
+        hub.inner.fanout.evict(&topic);
+        let _other =
+            crate::stream::open(&hub, TopicSet::parse(["a"], 32).expect("topic"), None, None)
+                .await
+                .expect("opened");
+        let direct = Direct::new(conn.subs, Arc::new(server), true, None);
+        direct.attach();
+        // The frame pushed before the eviction is written; then the stream idles.
+        let w = direct.take(&mut None, false);
+        assert!(matches!(w, Work::Data(_)));
+        assert!(matches!(direct.take(&mut None, false), Work::Idle));
+        // The publisher lets go: the old ring closes and wakes the stream, which
+        // ends (its client resumes from its cursor).
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(5), direct.handed_over())
+            .await
+            .expect("the stream is woken when its ring closes");
+        assert!(matches!(
+            direct.take(&mut None, false),
+            Work::Data(_) | Work::End
+        ));
+        direct.detach();
+    }
+
+    /// A frame on `topic` later than anything the stream has seen.
+    fn frame(topic: &crate::event::Topic, n: u64) -> crate::sse::Frame {
+        let ev = crate::event::Event::new(
+            topic.clone(),
+            crate::event::EventName::message(),
+            n.to_string(),
+        );
+        crate::sse::Frame::new(crate::event::Position::new(u64::MAX / 2, n), &ev)
     }
 
     #[test]

@@ -72,22 +72,64 @@ impl FlushTicks {
 pub struct Ring {
     /// The only sender: dropping the ring closes the channel.
     tx: Sender,
-    /// Declared after `tx`, so dropped after it: see [`DirectStreams`].
-    direct: DirectStreams,
+    /// Shared with the subscribers' streams, which attach to it through their own
+    /// handle ([`Fanout::join`]), not through the map: a stream whose topic was
+    /// evicted meanwhile still reaches the ring it reads.
+    direct: Arc<DirectStreams>,
 }
 
 /// Streams that publishers write to while they are idle. Read while writing to
 /// them; written when one opens or closes.
 ///
 /// An idle direct stream waits on no ring, so it would not notice its ring
-/// closing (an evicted topic): when a ring is dropped, after its sender, the
-/// streams still on it are woken, and find the ring closed.
+/// closing (an evicted topic): when a ring is dropped, it closes its channel,
+/// then marks this list closed and wakes the streams on it, which find the
+/// channel closed. A stream that attaches later sees the mark: its receiver is
+/// closed already, so its task finds that before it goes idle.
 #[derive(Default)]
-struct DirectStreams(RwLock<Vec<Arc<Direct>>>);
+pub(crate) struct DirectStreams(RwLock<Streams>);
 
-impl Drop for DirectStreams {
+#[derive(Default)]
+struct Streams {
+    list: Vec<Arc<Direct>>,
+    closed: bool,
+}
+
+impl DirectStreams {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Streams> {
+        // Only push, retain and the close run under the write lock: ignore poisoning.
+        self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Streams> {
+        self.0.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets publishers write to `stream` while it is idle; nothing when the ring
+    /// is closed already (the stream's receiver says so).
+    pub(crate) fn attach(&self, stream: &Arc<Direct>) {
+        let mut s = self.write();
+        if !s.closed {
+            s.list.push(stream.clone());
+        }
+    }
+
+    /// Undoes [`DirectStreams::attach`] (before the stream is dropped).
+    pub(crate) fn detach(&self, stream: &Arc<Direct>) {
+        self.write().list.retain(|d| !Arc::ptr_eq(d, stream));
+    }
+}
+
+impl Drop for Ring {
     fn drop(&mut self) {
-        let streams = self.0.get_mut().unwrap_or_else(|e| e.into_inner());
+        // Closed first: a woken stream, or one attaching after the mark, reads
+        // `Closed` from its receiver.
+        self.tx.close();
+        let streams = {
+            let mut s = self.direct.write();
+            s.closed = true;
+            std::mem::take(&mut s.list)
+        };
         streams.iter().for_each(|d| d.hand_over());
     }
 }
@@ -104,27 +146,18 @@ impl Ring {
     fn new(tx: Sender) -> Arc<Self> {
         Arc::new(Self {
             tx,
-            direct: DirectStreams::default(),
+            direct: Arc::default(),
         })
-    }
-
-    fn direct(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Direct>>> {
-        // Only push and retain run under the write lock: ignore poisoning.
-        self.direct.0.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn direct_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Direct>>> {
-        self.direct.0.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// After a push: the idle direct streams get what their rings hold, written
     /// here, or (on a topic with many) their tasks are woken to write it.
     pub fn deliver(&self) {
-        let streams = self.direct();
-        if streams.len() <= direct::INLINE_MAX {
-            streams.iter().for_each(|d| d.offer());
+        let streams = self.direct.read();
+        if streams.list.len() <= direct::INLINE_MAX {
+            streams.list.iter().for_each(|d| d.offer());
         } else {
-            streams.iter().for_each(|d| d.hand_over());
+            streams.list.iter().for_each(|d| d.hand_over());
         }
     }
 }
@@ -153,13 +186,21 @@ impl Fanout {
 
     /// Registers a subscriber: it receives every frame dispatched from now on.
     pub fn subscribe(&self, topic: &Topic) -> Receiver {
+        self.join(topic).0
+    }
+
+    /// [`Fanout::subscribe`], and the ring's list of direct streams, which the
+    /// subscriber's stream joins when it goes direct.
+    pub(crate) fn join(&self, topic: &Topic) -> (Receiver, Arc<DirectStreams>) {
         let mut topics = self.lock();
         match topics.get(topic) {
-            Some(ring) => ring.tx.subscribe(),
+            Some(ring) => (ring.tx.subscribe(), ring.direct.clone()),
             None => {
                 let (tx, rx) = channel::channel(self.capacity);
-                topics.insert(topic.clone(), Ring::new(tx));
-                rx
+                let ring = Ring::new(tx);
+                let direct = ring.direct.clone();
+                topics.insert(topic.clone(), ring);
+                (rx, direct)
             }
         }
     }
@@ -190,31 +231,10 @@ impl Fanout {
                 {
                     flush.tick();
                 }
-                let direct = n > 0 && !ring.direct().is_empty();
+                let direct = n > 0 && !ring.direct.read().list.is_empty();
                 (n, direct.then(|| ring.clone()))
             }
             None => (0, None),
-        }
-    }
-
-    /// Lets publishers write to `stream` while it is idle: it joins the rings of
-    /// its topics (those it was subscribed to, still open).
-    pub(crate) fn attach(&self, stream: &Arc<Direct>) {
-        for topic in stream.topics() {
-            let ring = self.lock().get(&topic).cloned();
-            if let Some(ring) = ring {
-                ring.direct_mut().push(stream.clone());
-            }
-        }
-    }
-
-    /// Undoes [`Fanout::attach`] (before the stream is dropped).
-    pub(crate) fn detach(&self, stream: &Arc<Direct>) {
-        for topic in stream.topics() {
-            let ring = self.lock().get(&topic).cloned();
-            if let Some(ring) = ring {
-                ring.direct_mut().retain(|d| !Arc::ptr_eq(d, stream));
-            }
         }
     }
 
@@ -242,10 +262,16 @@ impl Fanout {
             .is_some_and(|ring| ring.tx.receiver_count() > 0)
     }
 
+    /// `topic`'s ring, if it has one (tests: to hold it as a publisher does).
+    #[cfg(test)]
+    pub(crate) fn ring(&self, topic: &Topic) -> Option<Arc<Ring>> {
+        self.lock().get(topic).cloned()
+    }
+
     /// Ends every local subscription of `topic` (their streams end and resume).
     pub(crate) fn evict(&self, topic: &Topic) {
         // Closed once no publisher holds it any more; its direct streams are then
-        // woken (`DirectStreams`).
+        // woken (`Ring`'s drop).
         let ring = self.lock().remove(topic);
         drop(ring);
     }

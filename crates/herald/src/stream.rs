@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::channel::{Receiver, RecvError, TryRecvError};
+use crate::fanout::DirectStreams;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::broadcast;
@@ -67,6 +68,9 @@ pub(crate) struct Subs {
     /// `registration`: fields drop in order, so the receivers are gone when the
     /// registration releases the topics.
     live: Vec<Receiver>,
+    /// Each topic's list of direct streams, which this one joins when it goes
+    /// direct ([`crate::direct`]).
+    rings: Vec<Arc<DirectStreams>>,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
     /// For streams on exclusive topics: per topic, the position of this stream's
@@ -133,11 +137,7 @@ pub(crate) async fn open(
     let set = &registration.set;
 
     // Live first...
-    let live: Vec<_> = set
-        .topics()
-        .iter()
-        .map(|t| inner.fanout.subscribe(t))
-        .collect();
+    let (live, rings): (Vec<_>, Vec<_>) = set.topics().iter().map(|t| inner.fanout.join(t)).unzip();
     // ...make sure every instance's events reach this one...
     inner.backend.listen(set.topics()).await?;
     // ...take exclusive topics (streams holding them, anywhere, see the marker
@@ -181,8 +181,6 @@ pub(crate) async fn open(
             data.as_bytes(),
         ));
     }
-    inner.metrics.events_replayed.inc_by(replay.len() as u64);
-    inner.metrics.events_delivered.inc_by(replay.len() as u64);
     // Credentials that expire end the stream then (the client reconnects with new ones).
     let deadline = expires_at.map(|at| {
         let left = at
@@ -192,14 +190,19 @@ pub(crate) async fn open(
     });
     let mut subs = Subs {
         live,
+        rings,
         positions,
         exclusive,
         done: false,
         registration,
     };
+    // Counted as written: a takeover marker in the history is not.
+    let mut replayed = 0;
     for (i, frame) in replay {
-        subs.write_chunk(i, &frame, &mut prelude);
+        replayed += u64::from(subs.write_chunk(i, &frame, &mut prelude));
     }
+    inner.metrics.events_replayed.inc_by(replayed);
+    inner.metrics.events_delivered.inc_by(replayed);
     tracing::debug!(
         topics = subs.positions.len(),
         resumed = cursor.is_some(),
@@ -318,9 +321,9 @@ impl Subs {
         &self.registration.inner
     }
 
-    /// The topics this stream reads.
-    pub(crate) fn topics(&self) -> &[crate::event::Topic] {
-        self.registration.set.topics()
+    /// Its topics' lists of direct streams.
+    pub(crate) fn rings(&self) -> &[Arc<DirectStreams>] {
+        &self.rings
     }
 
     /// Appends `frame` of topic `i` unless it was written already; returns whether it was.

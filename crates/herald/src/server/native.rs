@@ -28,7 +28,6 @@ use axum::http::{Method, Request};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::direct::{Direct, Work};
-use crate::fanout::Fanout;
 use crate::http::ApiError;
 use crate::http::events;
 use crate::hub::Hub;
@@ -168,7 +167,7 @@ pub(crate) async fn serve_events(
     if hub.inner.flush.is_some() {
         serve_stream(out, conn).await;
     } else {
-        serve_direct(out, conn, hub, socket).await;
+        serve_direct(out, conn, socket).await;
     }
 }
 
@@ -232,7 +231,7 @@ async fn serve_stream(mut out: Out<'_>, conn: Conn) {
 /// Drives `conn` as a direct stream ([`crate::direct`]): publishers write to the
 /// socket while it is idle; this task writes the prelude, heartbeats, what
 /// publishers hand back, and the end.
-async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpStream>) {
+async fn serve_direct(mut out: Out<'_>, conn: Conn, socket: Arc<TcpStream>) {
     let Conn {
         subs,
         mut deadline,
@@ -253,7 +252,7 @@ async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpSt
     }
     let expires = deadline.as_ref().map(|d| d.deadline());
     let direct = Direct::new(subs, socket, out.http10, expires);
-    let _attached = Attached::new(hub.inner.fanout.clone(), direct.clone());
+    let _attached = Attached::new(direct.clone());
     let mut beat = None;
     let mut end = false;
     loop {
@@ -293,21 +292,18 @@ async fn serve_direct(mut out: Out<'_>, conn: Conn, hub: &Hub, socket: Arc<TcpSt
 }
 
 /// A direct stream on its topics' rings; taken off them when dropped.
-struct Attached {
-    fanout: Arc<Fanout>,
-    direct: Arc<Direct>,
-}
+struct Attached(Arc<Direct>);
 
 impl Attached {
-    fn new(fanout: Arc<Fanout>, direct: Arc<Direct>) -> Self {
-        fanout.attach(&direct);
-        Self { fanout, direct }
+    fn new(direct: Arc<Direct>) -> Self {
+        direct.attach();
+        Self(direct)
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        self.fanout.detach(&self.direct);
+        self.0.detach();
     }
 }
 
