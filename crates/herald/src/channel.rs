@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::fanout::DirectStreams;
 use crate::sse::Frame;
 
 /// Why [`Receiver::recv`] gave no frame.
@@ -44,6 +45,9 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Receivers waiting in [`Receiver::recv`].
     sent: Notify,
+    /// The streams publishers write to (kept here, in the ring's one allocation,
+    /// so that a stream reaches it through its receiver).
+    direct: DirectStreams,
 }
 
 struct Queue {
@@ -82,6 +86,16 @@ impl Queue {
 /// then [`RecvError::Closed`]).
 pub(crate) struct Sender(Arc<Shared>);
 
+/// A ring, reached from one of its receivers (it does not keep the ring open).
+pub(crate) struct RingRef(Arc<Shared>);
+
+impl RingRef {
+    /// The ring's direct streams.
+    pub(crate) fn direct(&self) -> &DirectStreams {
+        &self.0.direct
+    }
+}
+
 /// One subscriber's place in the ring.
 pub struct Receiver {
     shared: Arc<Shared>,
@@ -101,6 +115,7 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             closed: false,
         }),
         sent: Notify::new(),
+        direct: DirectStreams::default(),
     });
     let rx = Receiver {
         shared: shared.clone(),
@@ -161,6 +176,11 @@ impl Sender {
 }
 
 impl Sender {
+    /// The ring's direct streams.
+    pub(crate) fn direct(&self) -> &DirectStreams {
+        &self.0.direct
+    }
+
     /// Closes the ring now (as dropping the sender does): receivers get what is
     /// left, then [`RecvError::Closed`], and nothing sent from now on.
     pub(crate) fn close(&self) {
@@ -184,6 +204,11 @@ impl std::fmt::Debug for Receiver {
 }
 
 impl Receiver {
+    /// The ring this receiver reads.
+    pub(crate) fn ring(&self) -> RingRef {
+        RingRef(self.shared.clone())
+    }
+
     /// The next frame if there is one, without waiting.
     pub fn try_recv(&mut self) -> Result<Frame, TryRecvError> {
         take(&self.shared, &mut self.next)

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::fanout::DirectStreams;
+use crate::channel::RingRef;
 use crate::stream::{Chunk, Subs};
 
 /// Topics with more idle streams than this are not written inline: the publisher
@@ -109,21 +109,21 @@ impl Direct {
     pub(crate) fn attach(self: &Arc<Self>) {
         for ring in self.rings() {
             // A ring closed already: the receiver says so before the task goes idle.
-            ring.attach(self);
+            ring.direct().attach(self);
         }
     }
 
     /// Undoes [`Direct::attach`] (before the stream is dropped).
     pub(crate) fn detach(self: &Arc<Self>) {
         for ring in self.rings() {
-            ring.detach(self);
+            ring.direct().detach(self);
         }
     }
 
-    /// The rings' lists, copied out of the state: a ring's list is never locked
-    /// while holding a stream's state (publishers lock them the other way round).
-    fn rings(&self) -> Vec<Arc<DirectStreams>> {
-        self.lock().subs.rings().to_vec()
+    /// The rings, copied out of the state: a ring's list is never locked while
+    /// holding a stream's state (publishers lock them the other way round).
+    fn rings(&self) -> Vec<RingRef> {
+        self.lock().subs.rings()
     }
 
     /// A publisher's turn, after pushing onto one of this stream's rings: if the

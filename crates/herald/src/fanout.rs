@@ -70,12 +70,11 @@ impl FlushTicks {
 
 /// One topic's ring, and its direct streams ([`crate::direct`]).
 pub struct Ring {
-    /// The only sender: dropping the ring closes the channel.
+    /// The only sender: dropping the ring closes the channel. The channel holds
+    /// the direct streams too: streams reach them through their receivers, not
+    /// through the map, so a stream whose topic was evicted meanwhile (a new ring
+    /// in the map, or none) still joins the ring it reads.
     tx: Sender,
-    /// Shared with the subscribers' streams, which attach to it through their own
-    /// handle ([`Fanout::join`]), not through the map: a stream whose topic was
-    /// evicted meanwhile still reaches the ring it reads.
-    direct: Arc<DirectStreams>,
 }
 
 /// Streams that publishers write to while they are idle. Read while writing to
@@ -118,6 +117,13 @@ impl DirectStreams {
     pub(crate) fn detach(&self, stream: &Arc<Direct>) {
         self.write().list.retain(|d| !Arc::ptr_eq(d, stream));
     }
+
+    /// Marks the list closed and takes the streams on it.
+    fn close(&self) -> Vec<Arc<Direct>> {
+        let mut s = self.write();
+        s.closed = true;
+        std::mem::take(&mut s.list)
+    }
 }
 
 impl Drop for Ring {
@@ -125,11 +131,7 @@ impl Drop for Ring {
         // Closed first: a woken stream, or one attaching after the mark, reads
         // `Closed` from its receiver.
         self.tx.close();
-        let streams = {
-            let mut s = self.direct.write();
-            s.closed = true;
-            std::mem::take(&mut s.list)
-        };
+        let streams = self.tx.direct().close();
         streams.iter().for_each(|d| d.hand_over());
     }
 }
@@ -144,16 +146,13 @@ impl std::fmt::Debug for Ring {
 
 impl Ring {
     fn new(tx: Sender) -> Arc<Self> {
-        Arc::new(Self {
-            tx,
-            direct: Arc::default(),
-        })
+        Arc::new(Self { tx })
     }
 
     /// After a push: the idle direct streams get what their rings hold, written
     /// here, or (on a topic with many) their tasks are woken to write it.
     pub fn deliver(&self) {
-        let streams = self.direct.read();
+        let streams = self.tx.direct().read();
         if streams.list.len() <= direct::INLINE_MAX {
             streams.list.iter().for_each(|d| d.offer());
         } else {
@@ -186,21 +185,13 @@ impl Fanout {
 
     /// Registers a subscriber: it receives every frame dispatched from now on.
     pub fn subscribe(&self, topic: &Topic) -> Receiver {
-        self.join(topic).0
-    }
-
-    /// [`Fanout::subscribe`], and the ring's list of direct streams, which the
-    /// subscriber's stream joins when it goes direct.
-    pub(crate) fn join(&self, topic: &Topic) -> (Receiver, Arc<DirectStreams>) {
         let mut topics = self.lock();
         match topics.get(topic) {
-            Some(ring) => (ring.tx.subscribe(), ring.direct.clone()),
+            Some(ring) => ring.tx.subscribe(),
             None => {
                 let (tx, rx) = channel::channel(self.capacity);
-                let ring = Ring::new(tx);
-                let direct = ring.direct.clone();
-                topics.insert(topic.clone(), ring);
-                (rx, direct)
+                topics.insert(topic.clone(), Ring::new(tx));
+                rx
             }
         }
     }
@@ -231,7 +222,7 @@ impl Fanout {
                 {
                     flush.tick();
                 }
-                let direct = n > 0 && !ring.direct.read().list.is_empty();
+                let direct = n > 0 && !ring.tx.direct().read().list.is_empty();
                 (n, direct.then(|| ring.clone()))
             }
             None => (0, None),

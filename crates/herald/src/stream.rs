@@ -13,8 +13,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::channel::{Receiver, RecvError, TryRecvError};
-use crate::fanout::DirectStreams;
+use crate::channel::{Receiver, RecvError, RingRef, TryRecvError};
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio::sync::broadcast;
@@ -68,9 +67,6 @@ pub(crate) struct Subs {
     /// `registration`: fields drop in order, so the receivers are gone when the
     /// registration releases the topics.
     live: Vec<Receiver>,
-    /// Each topic's list of direct streams, which this one joins when it goes
-    /// direct ([`crate::direct`]).
-    rings: Vec<Arc<DirectStreams>>,
     /// Each topic's last position written to this client.
     positions: Vec<Position>,
     /// For streams on exclusive topics: per topic, the position of this stream's
@@ -137,7 +133,11 @@ pub(crate) async fn open(
     let set = &registration.set;
 
     // Live first...
-    let (live, rings): (Vec<_>, Vec<_>) = set.topics().iter().map(|t| inner.fanout.join(t)).unzip();
+    let live: Vec<_> = set
+        .topics()
+        .iter()
+        .map(|t| inner.fanout.subscribe(t))
+        .collect();
     // ...make sure every instance's events reach this one...
     inner.backend.listen(set.topics()).await?;
     // ...take exclusive topics (streams holding them, anywhere, see the marker
@@ -190,7 +190,6 @@ pub(crate) async fn open(
     });
     let mut subs = Subs {
         live,
-        rings,
         positions,
         exclusive,
         done: false,
@@ -321,9 +320,9 @@ impl Subs {
         &self.registration.inner
     }
 
-    /// Its topics' lists of direct streams.
-    pub(crate) fn rings(&self) -> &[Arc<DirectStreams>] {
-        &self.rings
+    /// The rings its receivers read (to join their lists of direct streams).
+    pub(crate) fn rings(&self) -> Vec<RingRef> {
+        self.live.iter().map(Receiver::ring).collect()
     }
 
     /// Appends `frame` of topic `i` unless it was written already; returns whether it was.
