@@ -49,6 +49,27 @@ fn help_documents_every_flag_with_its_default_and_env() {
     }
 }
 
+#[tokio::test]
+async fn the_readme_lists_every_metric() {
+    let h = Herald::start(&[]);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let exposed: Vec<String> = h
+        .metrics()
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert!(exposed.len() > 10, "{exposed:?}");
+    let missing: Vec<_> = exposed
+        .iter()
+        .filter(|m| !readme.contains(&format!("`{m}`")))
+        .collect();
+    assert!(missing.is_empty(), "metrics not in README.md: {missing:?}");
+}
+
 #[test]
 fn invalid_values_stop_startup_with_a_clear_message() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
