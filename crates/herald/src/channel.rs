@@ -173,9 +173,7 @@ impl Sender {
     pub(crate) fn receiver_count(&self) -> usize {
         lock(&self.0).receivers
     }
-}
 
-impl Sender {
     /// The ring's direct streams.
     pub(crate) fn direct(&self) -> &DirectStreams {
         &self.0.direct
