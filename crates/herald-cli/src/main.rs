@@ -53,9 +53,9 @@ fn mint(t: &config::Token) -> std::process::ExitCode {
     use herald::auth::jwt::{Claims, HeraldClaim, mint, now_secs};
     let claims = Claims {
         sub: t.sub.clone(),
-        exp: now_secs() + t.ttl.as_secs(),
+        exp: now_secs().saturating_add(t.ttl.as_secs()),
         nbf: None,
-        aud: t.audience.clone(),
+        aud: t.audience.clone().map(Into::into),
         iss: t.issuer.clone(),
         herald: HeraldClaim {
             subscribe: t.subscribe.clone(),

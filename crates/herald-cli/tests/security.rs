@@ -128,6 +128,78 @@ async fn credentials_problems_answer_401() {
     assert_eq!(h.status().await["connections"], 0, "nothing subscribed");
 }
 
+/// Signs `claims` (JSON) with the test secret.
+fn signed(claims: Value) -> String {
+    let claims: Claims = serde_json::from_value(claims).unwrap();
+    mint(SECRET.as_bytes(), &claims).unwrap()
+}
+
+#[tokio::test]
+async fn a_configured_audience_and_issuer_must_be_in_the_token() {
+    let h = hub(&["--jwt-audience", "herald", "--jwt-issuer", "https://idp"]);
+    let exp = now_secs() + 3600;
+    let rights = json!({"subscribe": ["*"], "publish": ["*"]});
+    let with = |extra: Value| {
+        let mut c = json!({"sub": "42", "exp": exp, "herald": rights});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        signed(c)
+    };
+    let both = with(json!({"aud": "herald", "iss": "https://idp"}));
+    assert_eq!(subscribe(&h, "topic=a", Some(&both)).await.0, 200);
+    // RFC 7519: `aud` may be an array; one of its values must match.
+    let listed = with(json!({"aud": ["other", "herald"], "iss": "https://idp"}));
+    assert_eq!(subscribe(&h, "topic=a", Some(&listed)).await.0, 200);
+    assert_eq!(publish(&h, "a", Some(&listed)).await.0, 200);
+    let cases = [
+        ("no aud", with(json!({"iss": "https://idp"}))),
+        ("no iss", with(json!({"aud": "herald"}))),
+        ("neither", with(json!({}))),
+        (
+            "wrong aud",
+            with(json!({"aud": "other", "iss": "https://idp"})),
+        ),
+        (
+            "wrong aud list",
+            with(json!({"aud": ["a", "b"], "iss": "https://idp"})),
+        ),
+        (
+            "wrong iss",
+            with(json!({"aud": "herald", "iss": "https://evil"})),
+        ),
+    ];
+    for (case, t) in &cases {
+        assert_refused(
+            subscribe(&h, "topic=a", Some(t)).await,
+            401,
+            "unauthorized",
+            case,
+        );
+        assert_refused(publish(&h, "a", Some(t)).await, 401, "unauthorized", case);
+    }
+    assert_eq!(
+        h.status().await["events_published"],
+        1,
+        "only the good token published"
+    );
+}
+
+#[tokio::test]
+async fn an_expiry_beyond_what_the_clock_holds_never_expires() {
+    // 2^63 seconds overflows the system clock: the hub used to panic on the
+    // request (no answer at all). The token is valid and never expires.
+    let h = hub(&[]);
+    let far = signed(
+        json!({"sub": "42", "exp": 1u64 << 63, "herald": {"subscribe": ["*"], "publish": ["*"]}}),
+    );
+    let mut s = Sse::open(&h.url(&format!("/events?topic=a&access_token={far}")), None).await;
+    assert_eq!(publish(&h, "a", Some(&far)).await.0, 200);
+    assert_eq!(s.next().await.json(), json!({"x": 1}));
+    let max = signed(json!({"exp": u64::MAX, "herald": {"subscribe": ["*"]}}));
+    assert_eq!(subscribe(&h, "topic=a", Some(&max)).await.0, 200);
+}
+
 /// Base64url without padding.
 fn base64_url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

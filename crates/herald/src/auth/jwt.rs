@@ -94,15 +94,31 @@ pub struct Claims {
     /// Not before (seconds since the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
-    /// Audience.
+    /// Audience: one, or several (RFC 7519 allows both forms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
     /// Herald rights.
     #[serde(default)]
     pub herald: HeraldClaim,
+}
+
+/// A token's `aud`: a string or an array of strings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    /// `"aud": "herald"`.
+    One(String),
+    /// `"aud": ["herald", "api"]`.
+    Many(Vec<String>),
+}
+
+impl From<String> for Audience {
+    fn from(aud: String) -> Self {
+        Self::One(aud)
+    }
 }
 
 /// See the module docs.
@@ -189,14 +205,21 @@ impl JwtAuthorizer {
                 let mut v = Validation::new(alg);
                 v.leeway = LEEWAY_SECS;
                 v.validate_nbf = true;
-                v.set_required_spec_claims(&["exp"]);
+                // A configured audience or issuer must be in the token: without
+                // these, a token that has none of the claim passes its check.
+                let mut required = vec!["exp"];
                 match &config.audience {
-                    Some(aud) => v.set_audience(&[aud]),
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
                     None => v.validate_aud = false,
                 }
                 if let Some(iss) = &config.issuer {
                     v.set_issuer(&[iss]);
+                    required.push("iss");
                 }
+                v.set_required_spec_claims(&required);
                 Some((key, v))
             }
         };
@@ -246,8 +269,11 @@ impl JwtAuthorizer {
                 .iter()
                 .map(|t| granted.iter().chain(&self.anonymous).any(|p| p.matches(t)))
                 .collect(),
-            expires_at: claims
-                .map(|c| UNIX_EPOCH + Duration::from_secs(c.exp.saturating_add(LEEWAY_SECS))),
+            // An `exp` past what the clock can hold (~year 292 billion) never
+            // comes: no expiry, rather than an overflow.
+            expires_at: claims.and_then(|c| {
+                UNIX_EPOCH.checked_add(Duration::from_secs(c.exp.saturating_add(LEEWAY_SECS)))
+            }),
         }
     }
 }
