@@ -263,6 +263,61 @@ async fn stale_cursor_on_redis_gets_reset() {
     assert_eq!(s.next().await.event, "herald.reset");
 }
 
+/// A topic's stream that is gone (expired after `--retention-ttl` of silence,
+/// flushed, evicted) and created again by a later publish: a cursor from before
+/// it gets a reset. It used to resume into the new stream as if nothing had been
+/// missed, and event 2 was lost without a word.
+#[tokio::test]
+async fn a_stream_gone_and_created_again_resets_older_cursors() {
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &["--retention-ttl", "1s"]);
+    let first = h.send("t", "n", json!(1)).await;
+    h.send("t", "n", json!(2)).await;
+    eventually("the stream expired", || async {
+        r.cli(&["EXISTS", "herald:{t}:s"]).trim() == "0"
+    })
+    .await;
+    h.send("t", "n", json!(3)).await;
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&first)).await;
+    assert_eq!(s.next().await.event, "herald.reset");
+    // The same after a flush (a restart without persistence, an eviction).
+    let first = h.send("u", "n", json!(1)).await;
+    h.send("u", "n", json!(2)).await;
+    r.cli(&["FLUSHALL"]);
+    h.send("u", "n", json!(3)).await;
+    let mut s = Sse::open(&h.url("/events?topic=u"), Some(&first)).await;
+    assert_eq!(s.next().await.event, "herald.reset");
+}
+
+/// A stream opened on a topic that has no stream in Redis (before its first
+/// publish, or after it was lost) starts at a gap mark just before now: resuming
+/// from it replays what was published meanwhile, exactly, without a reset.
+#[tokio::test]
+async fn a_cursor_from_before_a_topics_first_event_resumes_exactly() {
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &[]);
+    let cursor_before = || async {
+        let s = Sse::open(&h.url("/events?topic=t"), None).await;
+        s.last_id.clone()
+    };
+    let cursor = cursor_before().await;
+    h.send("t", "n", json!(1)).await;
+    h.send("t", "n", json!(2)).await;
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&cursor)).await;
+    assert_eq!(next_data(&mut s).await, json!(1));
+    assert_eq!(next_data(&mut s).await, json!(2));
+    drop(s);
+    r.cli(&["FLUSHALL"]);
+    let cursor = cursor_before().await;
+    h.send("t", "n", json!(3)).await;
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(&cursor)).await;
+    assert_eq!(next_data(&mut s).await, json!(3));
+    // The largest cursor there is: a reset (it was a 503 from the script).
+    let max = "18446744073709551615-18446744073709551615";
+    let mut s = Sse::open(&h.url("/events?topic=t"), Some(max)).await;
+    assert_eq!(s.next().await.event, "herald.reset");
+}
+
 #[tokio::test]
 async fn channel_prefixes_isolate_hubs_on_one_redis() {
     let r = Redis::start();

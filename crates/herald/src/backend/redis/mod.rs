@@ -179,6 +179,9 @@ pub(crate) struct Shared {
     pub(crate) subscribed: AtomicBool,
     pub(crate) metrics: RedisMetrics,
     resume_script: Script,
+    /// `retention_ttl` in milliseconds: a resume of a missing stream leaves a gap
+    /// mark that lives this long (`resume.lua`).
+    ttl_ms: String,
 }
 
 /// The Redis backend. See the module docs.
@@ -286,6 +289,7 @@ impl RedisBackend {
             subscribed: AtomicBool::new(false),
             metrics,
             resume_script: Script::new(include_str!("resume.lua")),
+            ttl_ms: retention_ttl.as_millis().max(1).to_string(),
         });
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -377,13 +381,19 @@ pub(crate) async fn read_stream(
     topic: &Topic,
     after: Option<Position>,
 ) -> Result<History, BackendError> {
-    let arg = after.map(|p| p.to_string()).unwrap_or_default();
+    // The first position after the cursor (XRANGE's exclusive form fails past the
+    // largest ID; nothing comes after that one).
+    let from = match after {
+        Some(p) if p.seq < u64::MAX => Position::new(p.ms, p.seq + 1).to_string(),
+        Some(p) if p.ms < u64::MAX => Position::new(p.ms + 1, 0).to_string(),
+        _ => String::new(),
+    };
     let v = shared
         .commands
         .invoke(
             &shared.resume_script,
             &[shared.keys.stream(topic), shared.keys.horizon(topic)],
-            &[arg.as_bytes()],
+            &[from.as_bytes(), shared.ttl_ms.as_bytes()],
         )
         .await
         .map_err(unavailable)?;
@@ -392,12 +402,16 @@ pub(crate) async fn read_stream(
         redis::from_redis_value(v).map_err(unavailable)?;
     let bad = |e| BackendError::Unavailable(format!("unexpected stream content: {e}"));
     if last.is_empty() {
-        // No stream: nothing was published, or all of it expired. A cursor past 0-0
-        // may have missed events that expired: reset.
+        // No stream: never published, or gone (expired, flushed, evicted). Its gap
+        // mark, a position just before the resume, is where a stream opened now
+        // starts; the stream created by the next publish keeps it as its horizon,
+        // so that cursor resumes exactly. Any other cursor may have missed events
+        // of a stream that is gone: reset.
+        let gap: Position = trimmed.parse().map_err(bad)?;
         return Ok(History {
             frames: Vec::new(),
-            reset: after.is_some_and(|p| p > Position::default()),
-            head: Position::default(),
+            reset: after.is_some_and(|p| p != gap),
+            head: gap,
         });
     }
     let last: Position = last.parse().map_err(bad)?;
