@@ -236,6 +236,48 @@ async fn publish_errors() {
         .publish_raw("application/json", vec![b' '; (1 << 20) + 1])
         .await;
     assert_error(status, &body, 413, "body_too_large", "body too large");
+    // A body that cannot be read is not too large: 400 (it was 413).
+    for (case, framing) in [
+        (
+            "bad chunk size",
+            "Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n",
+        ),
+        (
+            "chunk size overflow",
+            "Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n{}\r\n",
+        ),
+    ] {
+        let req = format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{framing}"
+        );
+        let out = raw_get(h.addr, &req, "}").await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{case}: {out}");
+        assert!(
+            out.contains(r#""error":"invalid_request""#),
+            "{case}: {out}"
+        );
+    }
+    // A rejected name comes back cut to 64 characters, not whole.
+    let huge = "é".repeat(200_000);
+    let (status, body) = h
+        .publish_raw(
+            "application/json",
+            format!(r#"{{"topic":"{huge}","event":"{huge}","data":1}}"#),
+        )
+        .await;
+    assert_error(status, &body, 400, "bad_topic", "megabyte topic");
+    assert!(body.to_string().len() < 400, "{body}");
+    let (status, body) = h
+        .publish_raw(
+            "application/json",
+            format!(
+                r#"{{"topic":"a","event":"{}","data":1}}"#,
+                "e".repeat(400_000)
+            ),
+        )
+        .await;
+    assert_error(status, &body, 400, "bad_event_name", "long event name");
+    assert!(body.to_string().len() < 400, "{body}");
 
     // The limit is on compact JSON: exactly 100 bytes passes, whitespace does not count.
     let hundred = format!(r#"{{ "topic": "a", "data": "{}" }}"#, "y".repeat(98));

@@ -575,6 +575,32 @@ async fn connections_per_ip_are_limited() {
     let _c = Sse::open(&h.url("/events?topic=announcements"), None).await;
 }
 
+/// Requests the hub hands to its router rather than serving itself (an
+/// absolute-form URI, a request body, more headers than its own parser takes)
+/// count against the per-address limit too. They used to open streams past it.
+#[tokio::test]
+async fn the_per_address_limit_holds_for_every_form_of_request() {
+    let h = hub(&["--max-connections-per-ip", "1"]);
+    let _a = Sse::open(&h.url("/events?topic=announcements"), None).await;
+    let many: String = (0..50).map(|i| format!("X-Pad-{i}: 1\r\n")).collect();
+    let odd = [
+        "GET http://x/events?topic=announcements HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+        "GET /events?topic=announcements HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_owned(),
+        "GET /events?topic=announcements HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n".to_owned(),
+        format!("GET /events?topic=announcements HTTP/1.1\r\nHost: x\r\n{many}\r\n"),
+    ];
+    for req in &odd {
+        let out = raw_get(h.addr, req, "}").await;
+        assert!(out.starts_with("HTTP/1.1 429"), "{req:?}: {out}");
+        assert!(out.contains(r#""error":"too_many_connections""#), "{out}");
+    }
+    assert_eq!(h.status().await["connections"], 1);
+    assert_eq!(
+        h.metric("herald_connections_per_ip_rejected_total").await,
+        4.0
+    );
+}
+
 #[tokio::test]
 async fn oversized_query_gets_431() {
     let h = hub(&[]);

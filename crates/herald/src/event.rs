@@ -73,7 +73,7 @@ impl Topic {
         if valid_name(name, MAX_TOPIC_LEN) {
             Ok(Self(name.into()))
         } else {
-            Err(NameError::Topic(name.to_owned()))
+            Err(NameError::Topic(shown(name)))
         }
     }
 
@@ -96,6 +96,16 @@ impl FromStr for Topic {
     }
 }
 
+/// A rejected name as an error shows it: its first 64 characters, and `…` when
+/// there were more (a megabyte-long name must not come back whole).
+fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(64).collect();
+    if out.len() < name.len() {
+        out.push('…');
+    }
+    out
+}
+
 /// An event name (the SSE `event:` field): 1..=100 bytes of `A-Z a-z 0-9 _ - . : / @`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EventName(Box<str>);
@@ -112,10 +122,10 @@ impl EventName {
     /// ```
     pub fn new(name: &str) -> Result<Self, NameError> {
         if !valid_name(name, MAX_EVENT_NAME_LEN) {
-            return Err(NameError::EventName(name.to_owned()));
+            return Err(NameError::EventName(shown(name)));
         }
         if name.starts_with(RESERVED_EVENT_PREFIX) {
-            return Err(NameError::ReservedEventName(name.to_owned()));
+            return Err(NameError::ReservedEventName(shown(name)));
         }
         Ok(Self(name.into()))
     }
@@ -126,7 +136,7 @@ impl EventName {
         if valid_name(name, MAX_EVENT_NAME_LEN) {
             Ok(Self(name.into()))
         } else {
-            Err(NameError::EventName(name.to_owned()))
+            Err(NameError::EventName(shown(name)))
         }
     }
 
@@ -191,7 +201,7 @@ impl fmt::Display for Position {
 impl FromStr for Position {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || NameError::Position(s.chars().take(64).collect());
+        let bad = || NameError::Position(shown(s));
         let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
         let digits =
             |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());

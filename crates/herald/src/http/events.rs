@@ -1,17 +1,20 @@
 //! `GET /events?topic=a,b`: open an event stream.
 
+use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 
 use crate::cursor::TopicSet;
 use crate::event::Topic;
 use crate::http::error::ApiError;
 use crate::hub::Hub;
+use crate::server::IpSlot;
 use crate::stream::{self, Conn, OpenError};
 
 /// The query: every `topic=` value (each a comma-separated list) and the optional
@@ -31,7 +34,26 @@ fn parse_query(query: Option<&str>) -> (Vec<String>, Option<String>) {
 }
 
 pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Response, ApiError> {
+    // With the client's address (the hub's own server gives it; so does an axum
+    // server made with `into_make_service_with_connect_info::<SocketAddr>()`), the
+    // stream holds one of its `max_connections_per_ip` slots while it lives.
+    let slot = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(peer)) => match IpSlot::take(&hub, peer.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                return Err(ApiError::TooManyFromIp(format!(
+                    "at most {} streams may be open from one address",
+                    hub.config().max_connections_per_ip
+                )));
+            }
+        },
+        None => None,
+    };
     let body = prepare(&hub, &parts).await?;
+    let body = body.into_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
     Ok((
         [
             (
@@ -44,7 +66,7 @@ pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Respo
                 HeaderValue::from_static("no"),
             ),
         ],
-        Body::from_stream(body.into_stream()),
+        Body::from_stream(body),
     )
         .into_response())
 }

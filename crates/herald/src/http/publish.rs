@@ -124,8 +124,14 @@ async fn parse(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<(Vec<Event>
         ));
     }
     let limit = hub.config().max_body_bytes();
-    let bytes = to_bytes(body, limit).await.map_err(|_| {
-        ApiError::BodyTooLarge(format!("the request body is larger than {limit} bytes"))
+    let bytes = to_bytes(body, limit).await.map_err(|e| {
+        let e = e.into_inner();
+        if e.is::<http_body_util::LengthLimitError>() {
+            ApiError::BodyTooLarge(format!("the request body is larger than {limit} bytes"))
+        } else {
+            // Bad chunked framing, a body cut short: not a size problem.
+            ApiError::InvalidRequest(format!("the request body could not be read: {e}"))
+        }
     })?;
     let raw: &RawValue = serde_json::from_slice(&bytes).map_err(json_error)?;
     let max = hub.config().max_payload_bytes;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use bytes::BytesMut;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
@@ -118,13 +119,15 @@ impl Hub {
 }
 
 /// A stream counted against its client address's limit; released on drop.
-struct IpSlot {
+pub(crate) struct IpSlot {
     hub: Hub,
     ip: std::net::IpAddr,
 }
 
 impl IpSlot {
-    fn take(hub: &Hub, ip: std::net::IpAddr) -> Option<Self> {
+    /// One of `ip`'s `max_connections_per_ip` stream slots, given back when
+    /// dropped; `None` when all are taken (counted).
+    pub(crate) fn take(hub: &Hub, ip: std::net::IpAddr) -> Option<Self> {
         let limit = hub.config().max_connections_per_ip;
         if limit == 0 {
             return Some(Self {
@@ -217,9 +220,13 @@ impl Connection {
                         stalled: self.hub.inner.metrics.write_stalls.clone(),
                     },
                 });
+                // Requests served by the router carry the client's address, so
+                // an `/events` that ends up there (an absolute-form URI, say)
+                // counts against the per-address limit too.
+                let app = self.app.layer(axum::Extension(ConnectInfo(peer)));
                 let conn = self
                     .http
-                    .serve_connection(io, TowerToHyperService::new(self.app));
+                    .serve_connection(io, TowerToHyperService::new(app));
                 if let Err(e) = self.watcher.watch(conn).await {
                     tracing::trace!(%peer, error = %e, "connection ended");
                 }
