@@ -290,7 +290,8 @@ impl Hub {
         positions.pop().ok_or(PublishError::EmptyBatch)
     }
 
-    /// Publishes a batch, all or nothing, in order. Returns the positions in batch order.
+    /// Publishes a batch, all or nothing (on a Redis Cluster: per shard, in
+    /// order), in order. Returns the positions in batch order.
     pub async fn publish_events(&self, events: Vec<Event>) -> Result<Vec<Position>, PublishError> {
         let inner = &self.inner;
         let result = self.publish_checked(&events).await;

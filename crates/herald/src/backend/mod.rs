@@ -59,7 +59,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// A short name for status pages (`memory`, `redis`).
     fn name(&self) -> &'static str;
 
-    /// Publishes a batch, all or nothing; returns the positions, in batch order.
+    /// Publishes a batch, all or nothing (except across the shards of a Redis
+    /// Cluster, which are written one after the other); returns the positions, in
+    /// batch order.
     fn publish<'a>(
         &'a self,
         events: &'a [Event],
