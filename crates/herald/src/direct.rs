@@ -262,11 +262,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publishers_write_nothing_to_a_stream_whose_credentials_expired() {
         let hub = Hub::new(HubConfig::default()).expect("hub");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (client, server) = socket_pair().await;
         let set = TopicSet::parse(["a"], 32).expect("topic");
         let expires = SystemTime::now() + Duration::from_secs(1);
         let conn = crate::stream::open(&hub, set, None, Some(expires))
@@ -304,11 +300,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_attaching_after_its_topic_was_evicted_is_woken_when_the_ring_closes() {
         let hub = Hub::new(HubConfig::default()).expect("hub");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let _client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (_client, server) = socket_pair().await;
         let set = TopicSet::parse(["a"], 32).expect("topic");
         let conn = crate::stream::open(&hub, set, None, None)
             .await
@@ -339,6 +331,16 @@ mod tests {
             Work::Data(_) | Work::End
         ));
         direct.detach();
+    }
+
+    /// A connected loopback pair: (client, server).
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
     }
 
     /// A frame on `topic` later than anything the stream has seen.
