@@ -40,12 +40,7 @@ pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Respo
     let slot = match parts.extensions.get::<ConnectInfo<SocketAddr>>() {
         Some(ConnectInfo(peer)) => match IpSlot::take(&hub, peer.ip()) {
             Some(slot) => Some(slot),
-            None => {
-                return Err(ApiError::TooManyFromIp(format!(
-                    "at most {} streams may be open from one address",
-                    hub.config().max_connections_per_ip
-                )));
-            }
+            None => return Err(IpSlot::refused(&hub)),
         },
         None => None,
     };

@@ -149,6 +149,16 @@ impl IpSlot {
     }
 }
 
+impl IpSlot {
+    /// The answer when [`IpSlot::take`] found every slot taken.
+    pub(crate) fn refused(hub: &Hub) -> ApiError {
+        ApiError::TooManyFromIp(format!(
+            "at most {} streams may be open from one address",
+            hub.config().max_connections_per_ip
+        ))
+    }
+}
+
 impl Drop for IpSlot {
     fn drop(&mut self) {
         if self.hub.config().max_connections_per_ip == 0 {
@@ -196,15 +206,7 @@ impl Connection {
                 drop(buf);
                 let Some(_slot) = IpSlot::take(&self.hub, peer.ip()) else {
                     let cors = crate::http::cors::header_lines(&self.hub, &parts.headers);
-                    let limit = self.hub.config().max_connections_per_ip;
-                    native::write_error(
-                        &mut socket,
-                        ApiError::TooManyFromIp(format!(
-                            "at most {limit} streams may be open from one address"
-                        )),
-                        &cors,
-                    )
-                    .await;
+                    native::write_error(&mut socket, IpSlot::refused(&self.hub), &cors).await;
                     return;
                 };
                 native::serve_events(&self.hub, socket, parts, http10, self.options.write_timeout)
