@@ -222,7 +222,7 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_WRITE_TIMEOUT", default_value = "15s", value_parser = duration)]
     pub(crate) write_timeout: Duration,
 
-    /// Time a client has to send its request head (slowloris guard).
+    /// Time a client has to send its request head, and again a publish body (slowloris guard; 408 after).
     #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub(crate) header_read_timeout: Duration,
 

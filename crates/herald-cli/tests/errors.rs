@@ -467,6 +467,136 @@ async fn nothing_injects_a_line_into_the_stream() {
     );
 }
 
+/// Requests hyper would refuse with an empty body get the hub's JSON errors:
+/// malformed heads, ambiguous body framing (a request-smuggling shape), control
+/// characters in a header, too many headers.
+#[tokio::test]
+async fn malformed_and_ambiguous_requests_get_json_errors() {
+    let h = Herald::start(&[]);
+    let head = |extra: &str| format!("GET /events?topic=a HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+    let post = |extra: &str| {
+        format!(
+            "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}\r\n{{}}"
+        )
+    };
+    let many = |n: usize| {
+        (0..n)
+            .map(|i| format!("X-Pad-{i}: 1\r\n"))
+            .collect::<String>()
+    };
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "garbage",
+            "GARBAGE\r\n\r\n".into(),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "space in a header name",
+            head("Bad Header: 1\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "unknown version",
+            "GET /health HTTP/9.9\r\n\r\n".into(),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "bare CR in Last-Event-ID",
+            head("Last-Event-ID: a\rb\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "NUL in Origin",
+            head("Origin: a\0b\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "two lengths",
+            post("Content-Length: 2\r\nContent-Length: 5\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "a list as length",
+            post("Content-Length: 2, 2\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "negative length",
+            post("Content-Length: -1\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "23-digit length",
+            post(&format!("Content-Length: {}\r\n", "9".repeat(23))),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "identity coding",
+            post("Transfer-Encoding: identity\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "two codings",
+            post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"),
+            "400",
+            "invalid_request",
+        ),
+        (
+            "101 headers",
+            format!("GET /health HTTP/1.1\r\nHost: x\r\n{}\r\n", many(100)),
+            "431",
+            "header_too_large",
+        ),
+    ];
+    for (case, req, status, code) in &cases {
+        let out = raw_get(h.addr, req, "}").await;
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "{case}: {out}"
+        );
+        assert!(
+            out.contains("content-type: application/json"),
+            "{case}: {out}"
+        );
+        assert!(
+            out.contains(&format!(r#""error":"{code}""#)),
+            "{case}: {out}"
+        );
+    }
+    // Up to hyper's limit of 100 headers, a request is served.
+    let out = raw_get(
+        h.addr,
+        &format!("GET /health HTTP/1.1\r\nHost: x\r\n{}\r\n", many(60)),
+        "}",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(h.status().await["events_published"], 0);
+    assert_eq!(h.status().await["connections"], 0);
+}
+
+/// A publish whose body stops short is answered 408 after the head's read
+/// timeout, instead of holding its connection for ever.
+#[tokio::test]
+async fn a_publish_body_that_never_arrives_gets_408() {
+    let h = Herald::start(&["--header-read-timeout", "1s"]);
+    let req = "POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"topic\"";
+    let out = raw_get(h.addr, req, "}").await;
+    assert!(out.starts_with("HTTP/1.1 408"), "{out}");
+    assert!(out.contains(r#""error":"request_timeout""#), "{out}");
+    assert_eq!(h.status().await["events_published"], 0);
+}
+
 #[tokio::test]
 async fn oversized_heads_http10_and_pipelining() {
     let h = Herald::start(&[]);

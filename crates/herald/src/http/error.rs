@@ -69,6 +69,9 @@ pub enum ApiError {
     /// The request head is too large.
     #[error("{0}")]
     HeaderTooLarge(String),
+    /// The request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// No such route.
     #[error("{0}")]
     NotFound(String),
@@ -138,6 +141,7 @@ impl ApiError {
                 "header_too_large",
             ),
             MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
         }
     }
 }

@@ -7,6 +7,7 @@ mod publish;
 mod publish_layer;
 
 pub use error::ApiError;
+pub(crate) use publish::BodyDeadline;
 pub use publish::MAX_BATCH;
 pub use publish_layer::{PublishResponse, PublishResponseLayer};
 

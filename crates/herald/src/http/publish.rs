@@ -81,7 +81,8 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<Json<Answer>, ApiError> {
     let parsed = async {
-        let (events, batch) = parse(&hub, &parts.headers, body).await?;
+        let deadline = parts.extensions.get::<BodyDeadline>().map(|d| d.0);
+        let (events, batch) = parse(&hub, &parts.headers, body, deadline).await?;
         let mut topics: Vec<Topic> = events.iter().map(|e| e.topic.clone()).collect();
         topics.sort();
         topics.dedup();
@@ -117,14 +118,32 @@ pub(crate) async fn publish(
 }
 
 /// Validates the request into events; the flag tells whether it was a batch.
-async fn parse(hub: &Hub, headers: &HeaderMap, body: Body) -> Result<(Vec<Event>, bool), ApiError> {
+/// How long the hub's own server waits for a publish body (its
+/// `header_read_timeout`), put on each request it hands to the router. A client
+/// that sends a head and then too little of its body is answered 408, not held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyDeadline(pub(crate) std::time::Duration);
+
+async fn parse(
+    hub: &Hub,
+    headers: &HeaderMap,
+    body: Body,
+    deadline: Option<std::time::Duration>,
+) -> Result<(Vec<Event>, bool), ApiError> {
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType(
             "publish with Content-Type: application/json".into(),
         ));
     }
     let limit = hub.config().max_body_bytes();
-    let bytes = to_bytes(body, limit).await.map_err(|e| {
+    let read = to_bytes(body, limit);
+    let read = match deadline {
+        Some(d) => tokio::time::timeout(d, read).await.map_err(|_| {
+            ApiError::RequestTimeout(format!("the request body did not arrive within {d:?}"))
+        })?,
+        None => read.await,
+    };
+    let bytes = read.map_err(|e| {
         let e = e.into_inner();
         if e.is::<http_body_util::LengthLimitError>() {
             ApiError::BodyTooLarge(format!("the request body is larger than {limit} bytes"))

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::task::TaskTracker;
 
 use crate::http::ApiError;
+use crate::http::BodyDeadline;
 use crate::hub::Hub;
 use native::{Head, Rewind};
 use stall::StallGuard;
@@ -36,7 +37,8 @@ use stall::StallGuard;
 pub struct ServeOptions {
     /// A write blocked this long (the client stopped reading) closes the connection.
     pub write_timeout: Duration,
-    /// Time allowed to send a request's head; slower clients are disconnected.
+    /// Time allowed to send a request's head (slower clients are disconnected), and
+    /// again a publish body (answered 408 after).
     pub header_read_timeout: Duration,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
@@ -202,6 +204,9 @@ impl Connection {
                 )
                 .await;
             }
+            Some(Head::Refused(error)) => {
+                native::write_error(&mut socket, error, "").await;
+            }
             Some(Head::Events { parts, http10 }) => {
                 drop(buf);
                 let Some(_slot) = IpSlot::take(&self.hub, peer.ip()) else {
@@ -225,7 +230,12 @@ impl Connection {
                 // Requests served by the router carry the client's address, so
                 // an `/events` that ends up there (an absolute-form URI, say)
                 // counts against the per-address limit too.
-                let app = self.app.layer(axum::Extension(ConnectInfo(peer)));
+                let app =
+                    self.app
+                        .layer(axum::Extension(ConnectInfo(peer)))
+                        .layer(axum::Extension(BodyDeadline(
+                            self.options.header_read_timeout,
+                        )));
                 let conn = self
                     .http
                     .serve_connection(io, TowerToHyperService::new(app));

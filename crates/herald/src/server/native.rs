@@ -35,8 +35,11 @@ use crate::stream::Conn;
 
 /// Largest request head read here; larger ones get 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// Headers parsed here; a request with more goes to hyper (which has its own limit).
+/// Headers parsed here; a request with more goes to hyper.
 const MAX_HEADERS: usize = 48;
+/// hyper's own limit: a request with more headers gets 431 here, with a JSON body
+/// (hyper's answer has none).
+const HYPER_MAX_HEADERS: usize = 100;
 
 /// What the head of a request asks for.
 pub(crate) enum Head {
@@ -46,6 +49,9 @@ pub(crate) enum Head {
     Other,
     /// The head was too large: answer 431 and close.
     TooLarge,
+    /// A head hyper would refuse with an empty body (malformed, ambiguous body
+    /// framing, too many headers): answer this, with a JSON body, and close.
+    Refused(ApiError),
 }
 
 /// Reads the request head into `buf` (within `deadline`); `None` when the client
@@ -61,6 +67,9 @@ pub(crate) async fn read_head(
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(buf) {
                 Ok(httparse::Status::Complete(_)) => {
+                    if let Err(e) = body_framing(req.headers) {
+                        return Some(Head::Refused(e));
+                    }
                     let is_events = req.method == Some("GET")
                         && req
                             .path
@@ -92,8 +101,21 @@ pub(crate) async fn read_head(
                         return Some(Head::TooLarge);
                     }
                 }
-                // Malformed or too many headers: hyper answers it properly.
-                Err(_) => return Some(Head::Other),
+                // More headers than parsed here: hyper takes up to its own limit.
+                Err(httparse::Error::TooManyHeaders) => {
+                    let mut more = [httparse::EMPTY_HEADER; HYPER_MAX_HEADERS];
+                    match httparse::Request::new(&mut more).parse(buf) {
+                        Ok(httparse::Status::Complete(_)) => return Some(Head::Other),
+                        Ok(httparse::Status::Partial) => {}
+                        Err(httparse::Error::TooManyHeaders) => {
+                            return Some(Head::Refused(ApiError::HeaderTooLarge(format!(
+                                "the request has more than {HYPER_MAX_HEADERS} headers"
+                            ))));
+                        }
+                        Err(e) => return Some(Head::Refused(malformed(e))),
+                    }
+                }
+                Err(e) => return Some(Head::Refused(malformed(e))),
             }
             buf.reserve(1024);
             match socket.read_buf(buf).await {
@@ -103,6 +125,49 @@ pub(crate) async fn read_head(
         }
     };
     tokio::time::timeout(deadline, parse).await.ok().flatten()
+}
+
+fn malformed(e: httparse::Error) -> ApiError {
+    ApiError::InvalidRequest(format!("malformed request: {e}"))
+}
+
+/// Refuses a body whose length is ambiguous (a request-smuggling shape): more than
+/// one `Content-Length` or `Transfer-Encoding`, a length that is not a number, or
+/// a transfer coding other than `chunked`.
+fn body_framing(headers: &[httparse::Header<'_>]) -> Result<(), ApiError> {
+    let bad = |what: &str| {
+        Err(ApiError::InvalidRequest(format!(
+            "ambiguous request body: {what}"
+        )))
+    };
+    let named = |name: &'static str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect()
+    };
+    let lengths = named("content-length");
+    if lengths.len() > 1 {
+        return bad("more than one Content-Length");
+    }
+    if lengths
+        .first()
+        .is_some_and(|v| v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit))
+    {
+        return bad("Content-Length is not a number");
+    }
+    let codings = named("transfer-encoding");
+    if codings.len() > 1 {
+        return bad("more than one Transfer-Encoding");
+    }
+    if codings
+        .first()
+        .is_some_and(|v| !v.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return bad("the only transfer coding accepted is chunked");
+    }
+    Ok(())
 }
 
 /// Writes `status` with the JSON error body (and CORS headers) and closes.
