@@ -200,6 +200,37 @@ async fn an_expiry_beyond_what_the_clock_holds_never_expires() {
     assert_eq!(subscribe(&h, "topic=a", Some(&max)).await.0, 200);
 }
 
+/// RFC 7519 dates may be fractional: such a token is valid (it was refused as
+/// malformed); past, it is expired like any other.
+#[tokio::test]
+async fn fractional_dates_are_read() {
+    let h = hub(&[]);
+    let claims = |exp: f64, nbf: f64| {
+        // Signed as raw JSON: `Claims` itself holds whole seconds.
+        let header = base64_url(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let body = json!({"exp": exp, "nbf": nbf, "herald": {"subscribe": ["*"]}});
+        let payload = base64_url(body.to_string().as_bytes());
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        let signature = jsonwebtoken::crypto::sign(
+            format!("{header}.{payload}").as_bytes(),
+            &key,
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap();
+        format!("{header}.{payload}.{signature}")
+    };
+    let now = now_secs() as f64;
+    let valid = claims(now + 3600.5, now - 10.25);
+    assert_eq!(subscribe(&h, "topic=a", Some(&valid)).await.0, 200);
+    let expired = claims(now - 3600.5, now - 7200.5);
+    assert_refused(
+        subscribe(&h, "topic=a", Some(&expired)).await,
+        401,
+        "unauthorized",
+        "fractional exp in the past",
+    );
+}
+
 /// Base64url without padding.
 fn base64_url(bytes: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -89,10 +89,16 @@ pub struct Claims {
     /// The subject, for `{sub}` in patterns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    /// Expiry (seconds since the Unix epoch).
+    /// Expiry (seconds since the Unix epoch; a fractional value, which RFC 7519
+    /// allows, is read rounded down).
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Not before (seconds since the Unix epoch).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_numeric_date"
+    )]
     pub nbf: Option<u64>,
     /// Audience: one, or several (RFC 7519 allows both forms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,6 +109,35 @@ pub struct Claims {
     /// Herald rights.
     #[serde(default)]
     pub herald: HeraldClaim,
+}
+
+/// A NumericDate (RFC 7519): whole or fractional seconds, not negative.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumericDate {
+    Whole(u64),
+    Fraction(f64),
+}
+
+impl NumericDate {
+    fn seconds<E: serde::de::Error>(self) -> Result<u64, E> {
+        match self {
+            Self::Whole(s) => Ok(s),
+            // `as` saturates: a date past u64 seconds is the largest there is.
+            Self::Fraction(s) if s.is_finite() && s >= 0.0 => Ok(s as u64),
+            Self::Fraction(s) => Err(E::custom(format!("{s} is not a date"))),
+        }
+    }
+}
+
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    NumericDate::deserialize(d)?.seconds()
+}
+
+fn optional_numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<NumericDate>::deserialize(d)?
+        .map(NumericDate::seconds)
+        .transpose()
 }
 
 /// A token's `aud`: a string or an array of strings.
