@@ -168,6 +168,64 @@ async fn subscriber_connection_cut_loses_nothing() {
     assert_eq!(s.next().await.json()["t"], "end");
 }
 
+/// After a subscriber outage, the catch-up gives a topic's streams the gap in
+/// slices they can read, not all at once: with a queue of 8 and a write linger
+/// (streams read from their own tasks), 20 missed events used to overrun the
+/// stream, which was ended as slow.
+#[tokio::test]
+async fn a_catch_up_longer_than_the_queue_overruns_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = Redis::start();
+    let h = on_redis(
+        &redis_args(&r),
+        &["--queue-size", "8", "--write-linger", "20ms"],
+    );
+    let mut s = Sse::open(&h.url("/events?topic=t"), None).await;
+    h.send("t", "n", json!(0)).await;
+    assert_eq!(next_data(&mut s).await, json!(0));
+    // One connection of our own (redis-cli would be a new one): keep new
+    // connections out, then cut the subscriber's, which cannot come back.
+    let mut admin = tokio::net::TcpStream::connect(("127.0.0.1", r.port))
+        .await
+        .unwrap();
+    let mut command = async |args: &[&str]| {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        admin.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = [0u8; 256];
+        let n = admin.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(
+        command(&["CONFIG", "SET", "maxclients", "1"])
+            .await
+            .starts_with("+OK")
+    );
+    command(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    eventually("the subscriber is cut", || async {
+        ready_status(&h).await == 503
+    })
+    .await;
+    for i in 1..=20 {
+        h.send("t", "n", json!(i)).await;
+    }
+    assert!(
+        command(&["CONFIG", "SET", "maxclients", "10000"])
+            .await
+            .starts_with("+OK")
+    );
+    for i in 1..=20 {
+        assert_eq!(next_data(&mut s).await, json!(i));
+    }
+    assert_eq!(h.metric("herald_redis_caught_up_events_total").await, 20.0);
+    assert_eq!(
+        h.metric("herald_slow_subscribers_disconnected_total").await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn redis_restart_is_survived_without_restarting_herald() {
     let mut r = Redis::start_persistent();

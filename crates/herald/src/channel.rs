@@ -43,7 +43,8 @@ pub enum TryRecvError {
 
 struct Shared {
     queue: Mutex<Queue>,
-    /// Receivers waiting in [`Receiver::recv`].
+    /// Receivers waiting in [`Receiver::recv`], and a sender waiting in
+    /// [`Sender::drained`] (rare: the receivers then wake once for nothing).
     sent: Notify,
     /// The streams publishers write to (kept here, in the ring's one allocation,
     /// so that a stream reaches it through its receiver).
@@ -60,6 +61,8 @@ struct Queue {
     receivers: usize,
     /// Receivers waiting in [`Receiver::recv`]: a send with none skips the wake.
     waiting: usize,
+    /// A sender waits for the queue to hold at most this many frames.
+    drain_below: Option<usize>,
     closed: bool,
 }
 
@@ -68,8 +71,9 @@ impl Queue {
         self.head + self.frames.len() as u64
     }
 
-    /// Drops the frames at the front that every receiver has read.
-    fn trim(&mut self) {
+    /// Drops the frames at the front that every receiver has read; true when
+    /// that brought the queue down to what a waiting sender asked for.
+    fn trim(&mut self) -> bool {
         while self.frames.front().is_some_and(|(_, left)| *left == 0) {
             self.frames.pop_front();
             self.head += 1;
@@ -79,6 +83,11 @@ impl Queue {
         if self.frames.is_empty() && self.frames.capacity() > 8 {
             self.frames = VecDeque::new();
         }
+        let drained = self.drain_below.is_some_and(|low| self.frames.len() <= low);
+        if drained {
+            self.drain_below = None;
+        }
+        drained
     }
 }
 
@@ -112,6 +121,7 @@ pub(crate) fn channel(capacity: usize) -> (Sender, Receiver) {
             capacity: capacity.max(1),
             receivers: 1,
             waiting: 0,
+            drain_below: None,
             closed: false,
         }),
         sent: Notify::new(),
@@ -177,6 +187,27 @@ impl Sender {
     /// The ring's direct streams.
     pub(crate) fn direct(&self) -> &DirectStreams {
         &self.0.direct
+    }
+
+    /// Returns once the receivers have read all but `low` of the frames sent (at
+    /// once if they have, or the ring is closed): a sender with many frames to
+    /// send paces itself on its readers instead of overrunning them.
+    pub(crate) async fn drained(&self, low: usize) {
+        loop {
+            let drained = self.0.sent.notified();
+            tokio::pin!(drained);
+            // Registered before the check, so a read between the two is not missed.
+            drained.as_mut().enable();
+            {
+                let mut q = lock(&self.0);
+                if q.frames.len() <= low || q.closed {
+                    q.drain_below = None;
+                    return;
+                }
+                q.drain_below = Some(low);
+            }
+            drained.await;
+        }
     }
 
     /// Closes the ring now (as dropping the sender does): receivers get what is
@@ -277,8 +308,8 @@ fn take(shared: &Shared, next: &mut u64) -> Result<Frame, TryRecvError> {
     let frame = frame.clone();
     *left -= 1;
     *next += 1;
-    if i == 0 && *left == 0 {
-        q.trim();
+    if i == 0 && *left == 0 && q.trim() {
+        shared.sent.notify_waiters();
     }
     Ok(frame)
 }
@@ -296,7 +327,9 @@ impl Drop for Receiver {
                 *left = left.saturating_sub(1);
             }
         }
-        q.trim();
+        if q.trim() {
+            self.shared.sent.notify_waiters();
+        }
     }
 }
 
@@ -398,6 +431,49 @@ mod tests {
         assert_eq!(tx.send(frame(2)), 0);
         assert_eq!(n(a.try_recv().expect("1")), 1);
         assert_eq!(a.try_recv().err(), Some(TryRecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn drained_returns_once_the_slowest_reader_is_close_enough() {
+        let (tx, mut a) = channel(8);
+        let mut b = tx.subscribe();
+        for i in 0..6 {
+            tx.send(frame(i));
+        }
+        let tx = Arc::new(tx);
+        let w = tx.clone();
+        let waiter = tokio::spawn(async move { w.drained(2).await });
+        for _ in 0..6 {
+            a.try_recv().expect("a reads");
+        }
+        for _ in 0..3 {
+            b.try_recv().expect("b reads");
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "three frames still unread by b");
+        b.try_recv().expect("b reads");
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("drained once two are left")
+            .expect("task");
+        // Nothing to wait for: at once.
+        tx.drained(2).await;
+        // A reader leaving counts as having read.
+        tx.send(frame(6));
+        tx.send(frame(7));
+        tx.send(frame(8));
+        let w = tx.clone();
+        let waiter = tokio::spawn(async move { w.drained(0).await });
+        for _ in 0..3 {
+            a.try_recv().expect("a reads");
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "b has five frames unread");
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("drained once b left")
+            .expect("task");
     }
 
     #[tokio::test]

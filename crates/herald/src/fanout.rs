@@ -259,6 +259,20 @@ impl Fanout {
         self.lock().get(topic).cloned()
     }
 
+    /// Frames a topic's ring holds for its slowest subscriber.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Waits, at most `wait`, until `topic`'s subscribers have read all but `low`
+    /// of the frames dispatched to it (at once if there is no such topic).
+    pub(crate) async fn drained(&self, topic: &Topic, low: usize, wait: std::time::Duration) {
+        let ring = self.lock().get(topic).cloned();
+        if let Some(ring) = ring {
+            let _ = tokio::time::timeout(wait, ring.tx.drained(low)).await;
+        }
+    }
+
     /// Ends every local subscription of `topic` (their streams end and resume).
     pub(crate) fn evict(&self, topic: &Topic) {
         // Closed once no publisher holds it any more; its direct streams are then

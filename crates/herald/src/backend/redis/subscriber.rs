@@ -49,6 +49,9 @@ pub(crate) enum Command {
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// Channels per SUBSCRIBE command when re-subscribing many.
 const SUBSCRIBE_BATCH: usize = 500;
+/// How long a catch-up waits for a topic's subscribers to read a slice of the
+/// gap before it sends the next anyway.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 struct Watched {
     topic: Topic,
@@ -366,7 +369,17 @@ impl Task {
             return Ok(0);
         }
         let n = history.frames.len() as u64;
-        for frame in history.frames {
+        // A gap longer than the ring goes in slices of half of it, each once the
+        // subscribers have read the one before (those that do not within
+        // CATCH_UP_WAIT are slow, and lag as usual): a whole gap at once would
+        // overrun every stream that reads from its own task.
+        let capacity = self.shared.fanout.capacity();
+        let slice = (capacity / 2).max(1);
+        for (k, frame) in history.frames.into_iter().enumerate() {
+            if k > 0 && k % slice == 0 {
+                let low = capacity.saturating_sub(slice);
+                self.shared.fanout.drained(topic, low, CATCH_UP_WAIT).await;
+            }
             if let Some(w) = self.watched.get_mut(&channel) {
                 w.last = frame.pos;
             }
