@@ -51,6 +51,17 @@ fn main() -> std::process::ExitCode {
 
 fn mint(t: &config::Token) -> std::process::ExitCode {
     use herald::auth::jwt::{Claims, HeraldClaim, mint, now_secs};
+    // Refuse a token the hub would not honour rather than print it: a secret the hub
+    // refuses to start with, a pattern it would never grant, a lifetime of nothing.
+    if let Err(why) = token_problem(t) {
+        eprintln!("herald: cannot mint a token: {why}");
+        return std::process::ExitCode::FAILURE;
+    }
+    if t.subscribe.is_empty() && t.publish.is_empty() {
+        eprintln!(
+            "herald: warning: the token grants no topic (add --subscribe or --publish patterns)"
+        );
+    }
     let claims = Claims {
         sub: t.sub.clone(),
         exp: now_secs().saturating_add(t.ttl.as_secs()),
@@ -72,6 +83,29 @@ fn mint(t: &config::Token) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Why `herald token` should not sign these settings, if it should not.
+fn token_problem(t: &config::Token) -> Result<(), String> {
+    use herald::auth::{Pattern, jwt::MIN_SECRET_LEN};
+    if t.secret.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the secret is {} bytes; the hub accepts only secrets of at least {MIN_SECRET_LEN}",
+            t.secret.len()
+        ));
+    }
+    if t.ttl.is_zero() {
+        return Err("--ttl 0 would mint a token that has already expired".into());
+    }
+    for (flag, pattern) in t
+        .subscribe
+        .iter()
+        .map(|p| ("--subscribe", p))
+        .chain(t.publish.iter().map(|p| ("--publish", p)))
+    {
+        Pattern::parse(pattern, t.sub.as_deref()).map_err(|e| format!("{flag}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {

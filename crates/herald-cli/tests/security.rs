@@ -207,17 +207,10 @@ async fn fractional_dates_are_read() {
     let h = hub(&[]);
     let claims = |exp: f64, nbf: f64| {
         // Signed as raw JSON: `Claims` itself holds whole seconds.
-        let header = base64_url(br#"{"alg":"HS256","typ":"JWT"}"#);
-        let body = json!({"exp": exp, "nbf": nbf, "herald": {"subscribe": ["*"]}});
-        let payload = base64_url(body.to_string().as_bytes());
-        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
-        let signature = jsonwebtoken::crypto::sign(
-            format!("{header}.{payload}").as_bytes(),
-            &key,
-            jsonwebtoken::Algorithm::HS256,
+        signed_raw(
+            json!({"alg": "HS256", "typ": "JWT"}),
+            json!({"exp": exp, "nbf": nbf, "herald": {"subscribe": ["*"]}}),
         )
-        .unwrap();
-        format!("{header}.{payload}.{signature}")
     };
     let now = now_secs() as f64;
     let valid = claims(now + 3600.5, now - 10.25);
@@ -229,6 +222,55 @@ async fn fractional_dates_are_read() {
         "unauthorized",
         "fractional exp in the past",
     );
+}
+
+/// Signs a raw JWS header and body (JSON) with the test secret, HS256.
+fn signed_raw(header: Value, body: Value) -> String {
+    let header = base64_url(header.to_string().as_bytes());
+    let payload = base64_url(body.to_string().as_bytes());
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(
+        format!("{header}.{payload}").as_bytes(),
+        &key,
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .unwrap();
+    format!("{header}.{payload}.{signature}")
+}
+
+#[tokio::test]
+async fn critical_header_extensions_are_refused() {
+    // RFC 7515 4.1.11: a receiver that does not understand an extension listed in
+    // `crit` must refuse the token, however well it is signed.
+    let h = hub(&[]);
+    let body = json!({"exp": now_secs() + 3600, "herald": {"subscribe": ["*"], "publish": ["*"]}});
+    let plain = signed_raw(json!({"alg": "HS256", "typ": "JWT"}), body.clone());
+    assert_eq!(subscribe(&h, "topic=a", Some(&plain)).await.0, 200);
+    for (header, case) in [
+        (
+            json!({"alg": "HS256", "crit": ["exp"], "exp": 1}),
+            "crit naming an extension",
+        ),
+        (
+            json!({"alg": "HS256", "crit": ["b64"], "b64": false}),
+            "crit b64 (RFC 7797)",
+        ),
+        (json!({"alg": "HS256", "crit": []}), "an empty crit"),
+    ] {
+        let token = signed_raw(header, body.clone());
+        let got = subscribe(&h, "topic=a", Some(&token)).await;
+        assert!(
+            got.1["detail"].as_str().unwrap_or("").contains("critical"),
+            "{case}: {got:?}"
+        );
+        assert_refused(got, 401, "unauthorized", case);
+        assert_refused(
+            publish(&h, "a", Some(&token)).await,
+            401,
+            "unauthorized",
+            case,
+        );
+    }
 }
 
 /// Base64url without padding.
@@ -686,4 +728,66 @@ async fn insecure_no_auth_and_minted_tokens_work() {
     let h = hub(&[]);
     assert_eq!(subscribe(&h, "topic=user:42", Some(&minted)).await.0, 200);
     assert_eq!(subscribe(&h, "topic=user:43", Some(&minted)).await.0, 403);
+}
+
+#[test]
+fn herald_token_refuses_what_the_hub_would_not_honour() {
+    let token = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .arg("token")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (args, says) in [
+        (
+            &["--secret", "short", "--subscribe", "a"][..],
+            "at least 16",
+        ),
+        (
+            &["--secret", SECRET, "--subscribe", "a*b"],
+            "invalid topic pattern",
+        ),
+        (&["--secret", SECRET, "--publish", "bad topic"], "--publish"),
+        (
+            &["--secret", SECRET, "--subscribe", "user:{sub}"],
+            "subject",
+        ),
+        (
+            &[
+                "--secret",
+                SECRET,
+                "--sub",
+                "a:b",
+                "--subscribe",
+                "user:{sub}",
+            ],
+            "subject",
+        ),
+        (
+            &["--secret", SECRET, "--subscribe", "a", "--ttl", "0s"],
+            "--ttl 0",
+        ),
+    ] {
+        let (ok, stdout, stderr) = token(args);
+        assert!(!ok && stdout.is_empty(), "{args:?} minted {stdout}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    let (ok, stdout, stderr) = token(&["--secret", SECRET]);
+    assert!(ok && !stdout.is_empty(), "{stderr}");
+    assert!(stderr.contains("grants no topic"), "{stderr}");
+    let (ok, _, stderr) = token(&[
+        "--secret",
+        SECRET,
+        "--sub",
+        "7",
+        "--subscribe",
+        "user:{sub}",
+    ]);
+    assert!(ok && stderr.is_empty(), "{stderr}");
 }

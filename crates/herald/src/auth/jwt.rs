@@ -176,13 +176,16 @@ impl std::fmt::Debug for JwtAuthorizer {
     }
 }
 
+/// The shortest HS256 secret the hub accepts (and `herald token` signs with).
+pub const MIN_SECRET_LEN: usize = 16;
+
 fn decoding_key(key: &JwtKey) -> Result<(DecodingKey, Algorithm), JwtSetupError> {
     match key {
         JwtKey::Secret(s) => {
-            if s.len() < 16 {
-                return Err(JwtSetupError::BadKey(
-                    "an HS256 secret must be at least 16 bytes".into(),
-                ));
+            if s.len() < MIN_SECRET_LEN {
+                return Err(JwtSetupError::BadKey(format!(
+                    "an HS256 secret must be at least {MIN_SECRET_LEN} bytes"
+                )));
             }
             Ok((DecodingKey::from_secret(s), Algorithm::HS256))
         }
@@ -219,6 +222,19 @@ fn query_token(parts: &Parts) -> Option<String> {
         .find(|(k, _)| k == "access_token")
         .map(|(_, v)| v.into_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The names of a `crit` list for an error: at most 4, each cut to 32 characters.
+fn shown_list(names: &[String]) -> String {
+    let mut out: Vec<String> = names
+        .iter()
+        .take(4)
+        .map(|n| serde_json::to_string(&n.chars().take(32).collect::<String>()).unwrap_or_default())
+        .collect();
+    if names.len() > 4 {
+        out.push("…".into());
+    }
+    format!("[{}]", out.join(", "))
 }
 
 /// Compares without an early exit, so timing does not reveal a key's prefix.
@@ -285,9 +301,17 @@ impl JwtAuthorizer {
                 "tokens are not accepted by this hub".into(),
             ));
         };
-        jsonwebtoken::decode::<Claims>(token, key, validation)
-            .map(|d| d.claims)
-            .map_err(|e| AuthError::Unauthenticated(format!("invalid token: {e}")))
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Unauthenticated(format!("invalid token: {e}")))?;
+        // RFC 7515 4.1.11: a token that lists extensions in `crit` must be refused
+        // by a receiver that does not understand them, and this hub knows none.
+        if let Some(crit) = &data.header.crit {
+            return Err(AuthError::Unauthenticated(format!(
+                "invalid token: critical header extensions {} are not understood by this hub",
+                shown_list(crit)
+            )));
+        }
+        Ok(data.claims)
     }
 
     fn decide(&self, claims: Option<&Claims>, patterns: &[String], topics: &[Topic]) -> Decision {
