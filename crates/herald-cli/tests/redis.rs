@@ -656,8 +656,23 @@ async fn library_fail_open_publish_logs_counts_and_succeeds() {
     let hub = herald::Hub::with_redis(herald::HubConfig::default(), redis)
         .await
         .unwrap();
+    // The same hub's HTTP publish route, served by the app.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().merge(hub.router());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http_publish = |data: Value| async move {
+        let res = client()
+            .post(format!("http://{addr}/publish"))
+            .json(&json!({"topic": "t", "data": data}))
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
     let p = hub.publish("t", "n", &json!(1)).await.unwrap();
     assert!(p > herald::Position::default());
+    assert_eq!(http_publish(json!(1)).await.0, 200);
     r.stop();
     let p = hub.publish("t", "n", &json!(2)).await.unwrap();
     assert_eq!(
@@ -668,6 +683,15 @@ async fn library_fail_open_publish_logs_counts_and_succeeds() {
     assert!(
         hub.render_metrics()
             .contains("herald_publish_failed_open_total 1")
+    );
+    // The HTTP API never fails open: its publisher learns the events were not taken.
+    let (status, body) = http_publish(json!(3)).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "backend_unavailable", "{body}");
+    assert!(
+        hub.render_metrics()
+            .contains("herald_publish_failed_open_total 1"),
+        "the refused HTTP publish is not counted as failed open"
     );
 
     // The same hub without fail-open returns the error.

@@ -292,11 +292,39 @@ impl Hub {
 
     /// Publishes a batch, all or nothing (on a Redis Cluster: per shard, in
     /// order), in order. Returns the positions in batch order.
+    ///
+    /// With a Redis backend set to fail open
+    /// ([`RedisConfig::fail_open`](crate::RedisConfig::fail_open)), a batch Redis
+    /// cannot take is dropped and answered with positions `0-0`.
     pub async fn publish_events(&self, events: Vec<Event>) -> Result<Vec<Position>, PublishError> {
-        let inner = &self.inner;
-        let result = self.publish_checked(&events).await;
+        self.publish_counted(&events, true).await
+    }
+
+    /// [`Self::publish_events`] that never fails open: the HTTP API's publish, whose
+    /// callers must learn that their events were not taken.
+    pub(crate) async fn publish_events_strict(
+        &self,
+        events: &[Event],
+    ) -> Result<Vec<Position>, PublishError> {
+        self.publish_counted(events, false).await
+    }
+
+    async fn publish_counted(
+        &self,
+        events: &[Event],
+        may_fail_open: bool,
+    ) -> Result<Vec<Position>, PublishError> {
+        let result = match self.publish_checked(events).await {
+            Err(PublishError::Backend(e)) if may_fail_open => {
+                match self.inner.backend.fail_open(&e, events) {
+                    Some(positions) => return Ok(positions),
+                    None => Err(PublishError::Backend(e)),
+                }
+            }
+            other => other,
+        };
         if result.is_err() {
-            inner.metrics.publish_rejected.inc();
+            self.inner.metrics.publish_rejected.inc();
         }
         result
     }

@@ -67,6 +67,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackendError>>;
 
+    /// Called by the library's publish methods (never by the HTTP API) when
+    /// [`publish`](Self::publish) failed: a backend configured to fail open counts
+    /// and logs the loss and returns the positions to answer with (`0-0`); by
+    /// default, `None`: the error stands.
+    fn fail_open(&self, error: &BackendError, events: &[Event]) -> Option<Vec<Position>> {
+        let _ = (error, events);
+        None
+    }
+
     /// Retained events of `topic` after `after` (`None`: only the head, for a fresh
     /// subscription).
     fn resume<'a>(

@@ -98,8 +98,9 @@ pub(crate) async fn publish(
         }
     };
     let topics: Vec<String> = events.iter().map(|e| e.topic.to_string()).collect();
-    // `publish_events` counts its own failures.
-    let positions = hub.publish_events(events).await?;
+    // It counts its own failures, and never fails open: an HTTP publisher must
+    // learn that its events were not taken.
+    let positions = hub.publish_events_strict(&events).await?;
     let mut answers = topics
         .into_iter()
         .zip(positions)

@@ -464,16 +464,16 @@ impl Backend for RedisBackend {
         &'a self,
         events: &'a [Event],
     ) -> BoxFuture<'a, Result<Vec<Position>, BackendError>> {
-        Box::pin(async move {
-            match self.publish_strict(events).await {
-                Err(e) if self.fail_open => {
-                    self.shared.metrics.publish_failed_open.inc();
-                    tracing::warn!(error = %e, "publish failed open: events dropped");
-                    Ok(vec![Position::default(); events.len()])
-                }
-                other => other,
-            }
-        })
+        Box::pin(self.publish_strict(events))
+    }
+
+    fn fail_open(&self, error: &BackendError, events: &[Event]) -> Option<Vec<Position>> {
+        if !self.fail_open {
+            return None;
+        }
+        self.shared.metrics.publish_failed_open.inc();
+        tracing::warn!(%error, events = events.len(), "publish failed open: events dropped");
+        Some(vec![Position::default(); events.len()])
     }
 
     fn resume<'a>(
