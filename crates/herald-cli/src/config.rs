@@ -266,6 +266,8 @@ impl Serve {
             write_timeout: self.write_timeout,
             header_read_timeout: self.header_read_timeout,
             shutdown_grace: self.shutdown_grace,
+            // The binary's router is the hub's own, guarded by its authorizer.
+            native_events: true,
         }
     }
 

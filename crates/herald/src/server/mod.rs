@@ -42,6 +42,15 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// How long shutdown waits for connections to finish before giving up on them.
     pub shutdown_grace: Duration,
+    /// Answer `GET /events` (at the root: `/events?topic=..`) straight on the
+    /// socket, before `app` sees the request: a few hundred bytes per idle stream
+    /// instead of hyper's buffers (`herald serve` turns it on). Off by default,
+    /// because those requests then bypass `app`: its layers (sessions, logins, rate
+    /// limits) do not run and add no request extensions for the authorizer, and an
+    /// `/events` route of the app's own is never reached. Turn it on when the app
+    /// serves [`Hub::router`] at the root and guards `/events` only through the
+    /// hub's authorizer, which sees the request's head either way.
+    pub native_events: bool,
 }
 
 impl Default for ServeOptions {
@@ -50,6 +59,7 @@ impl Default for ServeOptions {
             write_timeout: Duration::from_secs(15),
             header_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
+            native_events: false,
         }
     }
 }
@@ -60,9 +70,10 @@ impl Hub {
     /// `retry:` hint ([`Hub::shutdown`]), stops accepting, and waits up to
     /// `options.shutdown_grace` for connections to close.
     ///
-    /// `GET /events` requests are served by the hub itself, straight on the socket
-    /// (see the `native` module: a few hundred bytes per idle stream instead of
-    /// hyper's 16 KiB); every other request goes to `app` through hyper.
+    /// Every request goes to `app` through hyper, except, with
+    /// [`ServeOptions::native_events`], `GET /events`: the hub serves it itself,
+    /// straight on the socket (see the `native` module: a few hundred bytes per idle
+    /// stream instead of hyper's 16 KiB), and `app` never sees it.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -193,7 +204,13 @@ struct Connection {
 impl Connection {
     async fn run(self, mut socket: TcpStream, peer: SocketAddr) {
         let mut buf = BytesMut::with_capacity(1024);
-        let head = native::read_head(&mut socket, &mut buf, self.options.header_read_timeout).await;
+        let head = native::read_head(
+            &mut socket,
+            &mut buf,
+            self.options.header_read_timeout,
+            self.options.native_events,
+        )
+        .await;
         match head {
             None => {}
             Some(Head::TooLarge) => {

@@ -55,11 +55,13 @@ pub(crate) enum Head {
 }
 
 /// Reads the request head into `buf` (within `deadline`); `None` when the client
-/// went away or was too slow.
+/// went away or was too slow. `GET /events` is [`Head::Events`] only when `events`
+/// (served here) is set; otherwise [`Head::Other`], for the router.
 pub(crate) async fn read_head(
     socket: &mut TcpStream,
     buf: &mut BytesMut,
     deadline: Duration,
+    events: bool,
 ) -> Option<Head> {
     let parse = async {
         loop {
@@ -70,7 +72,8 @@ pub(crate) async fn read_head(
                     if let Err(e) = body_framing(req.headers) {
                         return Some(Head::Refused(e));
                     }
-                    let is_events = req.method == Some("GET")
+                    let is_events = events
+                        && req.method == Some("GET")
                         && req
                             .path
                             .is_some_and(|p| p == "/events" || p.starts_with("/events?"));
