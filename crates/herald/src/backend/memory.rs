@@ -3,10 +3,12 @@
 //! Positions are `<milliseconds>-<sequence>` like Redis stream IDs. Each topic keeps
 //! a ring of its last `retention_events` frames, none older than `retention_ttl`.
 //! A topic's *horizon* is the newest position that is no longer retained: a cursor
-//! at or after it resumes exactly, a cursor before it gets a reset. A topic unknown
-//! to this process (never published here, or forgotten after its history expired)
-//! has the horizon of the process start or of the newest forgotten history, so a
-//! cursor from before a restart is reset, never silently resumed with a hole.
+//! at or after it resumes exactly, a cursor before it gets a reset. A topic whose
+//! history expired is forgotten but keeps its horizon (a tombstone, the newest
+//! [`MAX_FORGOTTEN`] of them), so its subscribers resume exactly however long it
+//! stays quiet. A topic never published here has the horizon of the process start
+//! (raised to the horizon of any tombstone dropped beyond that number), so a cursor
+//! from before a restart is reset, never silently resumed with a hole.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,12 +35,33 @@ struct Ring {
     frames: VecDeque<Frame>,
 }
 
+/// How many forgotten topics keep their horizon (about 100 bytes each).
+pub(crate) const MAX_FORGOTTEN: usize = 100_000;
+
 #[derive(Debug)]
 struct State {
     rings: HashMap<Topic, Ring>,
-    /// Horizon for topics without a ring: the process start, raised to the newest
-    /// horizon of any ring forgotten since.
+    /// Horizons of topics whose history expired, the newest [`MAX_FORGOTTEN`].
+    forgotten: HashMap<Topic, Position>,
+    /// Topics in the order they were forgotten (possibly twice: the first entry of
+    /// a topic forgotten again drops its tombstone early, which only errs towards
+    /// a reset).
+    forgotten_order: VecDeque<Topic>,
+    /// Horizon for topics with neither a ring nor a tombstone: the process start,
+    /// raised to the horizon of every tombstone dropped.
     default_horizon: Position,
+    /// The process start.
+    started: Position,
+}
+
+impl State {
+    /// The horizon of a topic without a ring.
+    fn horizon_of(&self, topic: &Topic) -> Position {
+        self.forgotten
+            .get(topic)
+            .copied()
+            .unwrap_or(self.default_horizon)
+    }
 }
 
 /// The in-memory backend (the default): no dependency, one process.
@@ -50,6 +73,8 @@ pub struct MemoryBackend {
     fanout: Arc<Fanout>,
     retention_events: usize,
     retention_ttl: Duration,
+    /// How many tombstones are kept ([`MAX_FORGOTTEN`]).
+    max_forgotten: usize,
 }
 
 impl MemoryBackend {
@@ -59,13 +84,20 @@ impl MemoryBackend {
         retention_ttl: Duration,
     ) -> Self {
         Self {
-            state: Mutex::new(State {
-                rings: HashMap::new(),
-                default_horizon: Position::new(now_ms(), 0),
+            state: Mutex::new({
+                let started = Position::new(now_ms(), 0);
+                State {
+                    rings: HashMap::new(),
+                    forgotten: HashMap::new(),
+                    forgotten_order: VecDeque::new(),
+                    default_horizon: started,
+                    started,
+                }
             }),
             fanout,
             retention_events,
             retention_ttl,
+            max_forgotten: MAX_FORGOTTEN,
         }
     }
 
@@ -82,18 +114,26 @@ impl MemoryBackend {
     /// Drops expired frames and forgets topics left with nothing retained.
     pub(crate) fn sweep(&self) {
         let cutoff = now_ms().saturating_sub(self.ttl_ms());
-        let mut state = self.lock();
-        let mut forgotten = state.default_horizon;
-        state.rings.retain(|_, ring| {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let (forgotten, order) = (&mut state.forgotten, &mut state.forgotten_order);
+        state.rings.retain(|topic, ring| {
             expire(ring, cutoff);
             if ring.frames.is_empty() {
-                forgotten = forgotten.max(ring.horizon);
+                forgotten.insert(topic.clone(), ring.horizon);
+                order.push_back(topic.clone());
                 false
             } else {
                 true
             }
         });
-        state.default_horizon = forgotten;
+        while state.forgotten_order.len() > self.max_forgotten {
+            if let Some(topic) = state.forgotten_order.pop_front()
+                && let Some(h) = state.forgotten.remove(&topic)
+            {
+                state.default_horizon = state.default_horizon.max(h);
+            }
+        }
     }
 }
 
@@ -117,17 +157,21 @@ impl Backend for MemoryBackend {
         let mut positions = Vec::with_capacity(events.len());
         let mut deliver = Vec::new();
         let now = now_ms();
-        let mut state = self.lock();
-        let default_horizon = state.default_horizon;
+        let mut guard = self.lock();
+        let state = &mut *guard;
         for event in events {
-            let ring = state
-                .rings
-                .entry(event.topic.clone())
-                .or_insert_with(|| Ring {
-                    last: default_horizon,
-                    horizon: default_horizon,
+            let ring = state.rings.entry(event.topic.clone()).or_insert_with(|| {
+                // A forgotten topic continues from its tombstone.
+                let horizon = state
+                    .forgotten
+                    .remove(&event.topic)
+                    .unwrap_or(state.default_horizon);
+                Ring {
+                    last: horizon,
+                    horizon,
                     frames: VecDeque::new(),
-                });
+                }
+            });
             let pos = ring.last.next_at(now);
             ring.last = pos;
             let frame = Frame::new(pos, event);
@@ -149,7 +193,7 @@ impl Backend for MemoryBackend {
             }
             positions.push(pos);
         }
-        drop(state);
+        drop(guard);
         deliver.iter().for_each(|ring| ring.deliver());
         Box::pin(std::future::ready(Ok(positions)))
     }
@@ -159,17 +203,31 @@ impl Backend for MemoryBackend {
         topic: &'a Topic,
         after: Option<Position>,
     ) -> BoxFuture<'a, Result<History, BackendError>> {
-        let cutoff = now_ms().saturating_sub(self.ttl_ms());
+        let now = now_ms();
+        let cutoff = now.saturating_sub(self.ttl_ms());
         let mut state = self.lock();
-        let default_horizon = state.default_horizon;
+        let horizon = state.horizon_of(topic);
+        let started = state.started;
         let history = match state.rings.get_mut(topic) {
-            // A cursor other than the default horizon is older (events may have
-            // expired) or newer than anything this process held (a cursor from
-            // before a restart whose clock stepped back): reset.
+            // Every event the topic had is at or before its horizon. A cursor at
+            // the horizon, or after it (and from an earlier millisecond than now,
+            // so what is published next comes after it), misses nothing. So does
+            // one from this process younger than the TTL: an event after it would
+            // still be retained. Older cursors may have missed events (expired,
+            // or before a restart), newer ones are from before a restart whose
+            // clock stepped back: reset.
             None => History {
                 frames: Vec::new(),
-                reset: after.is_some_and(|p| p != default_horizon),
-                head: default_horizon,
+                reset: after.is_some_and(|p| {
+                    let exact = p == horizon
+                        || (p > horizon && p.ms < now)
+                        || (self.retention_events > 0
+                            && p.ms >= cutoff
+                            && p.ms > started.ms
+                            && p.ms < now);
+                    !exact
+                }),
+                head: horizon,
             },
             Some(ring) => {
                 expire(ring, cutoff);
@@ -257,6 +315,76 @@ mod tests {
         assert!(h.reset);
     }
 
+    /// Waits for the clock to pass `p`'s millisecond.
+    async fn after_ms(p: Position) {
+        while now_ms() <= p.ms {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn quiet_and_forgotten_topics_resume_exactly() {
+        // Found by a review: once any topic's history expired, every cursor on a
+        // topic without history (never published, or forgotten) got a reset.
+        let b = MemoryBackend::new(Arc::new(Fanout::new(8)), 10, Duration::ZERO);
+        let quiet = Topic::new("quiet").unwrap();
+        let seen = Topic::new("seen").unwrap();
+        let opened = b.resume(&quiet, None).await.unwrap().head;
+        let ps = publish(&b, "seen", 2).await;
+        publish(&b, "other", 3).await;
+        after_ms(ps[1]).await;
+        b.sweep();
+        assert_eq!(b.retained_topics(), 0);
+        let h = b.resume(&quiet, Some(opened)).await.unwrap();
+        assert!(!h.reset, "a quiet topic's cursor resumes exactly");
+        let h = b.resume(&seen, Some(ps[1])).await.unwrap();
+        assert!(!h.reset && h.head == ps[1], "it saw everything: {h:?}");
+        assert!(
+            b.resume(&seen, Some(ps[0])).await.unwrap().reset,
+            "it missed ps[1]"
+        );
+        // Published again, the topic continues after its tombstone.
+        let again = publish(&b, "seen", 1).await;
+        let h = b.resume(&seen, Some(ps[1])).await.unwrap();
+        assert!(!h.reset && h.frames.len() == 1 && h.frames[0].pos == again[0]);
+        assert!(b.resume(&seen, Some(ps[0])).await.unwrap().reset);
+        // From before this process, or from the future: reset.
+        let before = Position::new(opened.ms - 1, 0);
+        assert!(b.resume(&quiet, Some(before)).await.unwrap().reset);
+        let future = Position::new(now_ms() + 60_000, 0);
+        assert!(b.resume(&quiet, Some(future)).await.unwrap().reset);
+    }
+
+    #[tokio::test]
+    async fn dropped_tombstones_raise_the_default_horizon() {
+        let mut b = MemoryBackend::new(Arc::new(Fanout::new(8)), 10, Duration::ZERO);
+        b.max_forgotten = 2;
+        let mut last = Vec::new();
+        for t in ["a", "b", "c"] {
+            last.push(publish(&b, t, 1).await[0]);
+        }
+        after_ms(last[2]).await;
+        b.sweep();
+        // Two tombstones kept; the third topic's horizon went into the default,
+        // and nothing after it is older than the TTL (zero) here.
+        let (kept, default) = {
+            let state = b.lock();
+            (state.forgotten.len(), state.default_horizon)
+        };
+        assert_eq!(kept, 2);
+        assert!(default >= last[0]);
+        for (t, p) in ["a", "b", "c"].iter().zip(&last) {
+            let h = b.resume(&Topic::new(t).unwrap(), Some(*p)).await.unwrap();
+            assert!(!h.reset, "{t}: its last position misses nothing");
+            let older = Position::new(p.ms - 1, 0);
+            let h = b
+                .resume(&Topic::new(t).unwrap(), Some(older))
+                .await
+                .unwrap();
+            assert!(h.reset, "{t}: an older cursor may have missed it");
+        }
+    }
+
     #[tokio::test]
     async fn retention_off_resets_any_missed_event() {
         let b = MemoryBackend::new(Arc::new(Fanout::new(8)), 0, Duration::from_secs(60));
@@ -271,9 +399,7 @@ mod tests {
         let b = MemoryBackend::new(Arc::new(Fanout::new(8)), 10, Duration::ZERO);
         let ps = publish(&b, "t", 1).await;
         // Positions are stamped with the current millisecond; wait for the next one.
-        while now_ms() <= ps[0].ms {
-            tokio::task::yield_now().await;
-        }
+        after_ms(ps[0]).await;
         b.sweep();
         assert_eq!(b.retained_topics(), 0);
         let before = Position::new(ps[0].ms - 1, 0);
