@@ -205,6 +205,74 @@ async fn publish_response_layer_publishes_successful_json_responses() {
 }
 
 #[tokio::test]
+async fn publish_response_parameters_cannot_steer_the_topic() {
+    use axum::extract::Path;
+    use axum::routing::post;
+
+    // Found by a review: parameters were filled one after another, so a value
+    // holding `{id}` was filled again, and `:` or `/` in a value reached other
+    // topics.
+    let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
+    async fn echo(Path((org, id)): Path<(String, String)>) -> axum::Json<serde_json::Value> {
+        axum::Json(serde_json::json!({"org": org, "id": id}))
+    }
+    let app = axum::Router::new()
+        .route(
+            "/orgs/{org}/tickets/{id}",
+            post(echo).layer(hub.publish_response("org:{org}:ticket:{id}", "changed")),
+        )
+        .route(
+            "/typo/{org}/{id}",
+            post(echo).layer(hub.publish_response("org:{org}:ticket:{ticket}", "changed")),
+        )
+        .merge(hub.router());
+    let addr = serve(app).await;
+    let mut sub = TcpStream::connect(addr).await.unwrap();
+    sub.write_all(b"GET /events?topic=org:5:ticket:5,org:acme:ticket:5:x/y,org:acme:ticket:5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut sub, "id: ").await;
+    let post = |path: &'static str| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    for path in [
+        "/orgs/%7Bid%7D/tickets/5",
+        "/orgs/acme/tickets/5:x%2Fy",
+        "/orgs/acme/tickets/5:x",
+        "/typo/acme/5",
+    ] {
+        let answer = post(path).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{path}: the caller still gets its answer: {answer}"
+        );
+    }
+    assert_eq!(hub.status().events_published, 0, "nothing was published");
+    let rejected = hub
+        .render_metrics()
+        .lines()
+        .find(|l| l.starts_with("herald_publish_rejected_total "))
+        .map(str::to_owned);
+    assert_eq!(rejected.as_deref(), Some("herald_publish_rejected_total 4"));
+    // A plain value fills its place.
+    post("/orgs/acme/tickets/5").await;
+    let got = read_until(&mut sub, "data: {").await;
+    assert!(got.contains(r#"data: {"id":"5","org":"acme"}"#), "{got}");
+    assert_eq!(hub.status().events_published, 1);
+}
+
+#[tokio::test]
 async fn has_subscriber_follows_streams() {
     let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
     let addr = serve(axum::Router::new().merge(hub.router())).await;

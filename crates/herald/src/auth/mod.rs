@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use axum::http::request::Parts;
 use thiserror::Error;
 
+pub(crate) use pattern::subject_ok;
 pub use pattern::{Pattern, PatternError};
 
 use crate::backend::BoxFuture;

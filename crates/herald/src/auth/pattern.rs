@@ -34,7 +34,7 @@ pub enum Pattern {
 
 /// Characters a subject may bring into a topic: no `:` or `/` (which would let a
 /// subject reach into another namespace), no `*`, no separators or line breaks.
-fn subject_ok(sub: &str) -> bool {
+pub(crate) fn subject_ok(sub: &str) -> bool {
     !sub.is_empty()
         && sub.len() <= 64
         && sub

@@ -17,10 +17,14 @@
 //! # }
 //! ```
 //!
-//! The topic template's `{name}` parts are filled from the route's path parameters.
+//! The topic template's `{name}` parts are filled from the route's path parameters,
+//! in one pass (a value is never read as a template). A value must be 1 to 64 bytes
+//! of `A-Z a-z 0-9 _ - . @`, like a token's `{sub}`: a caller cannot reach another
+//! topic namespace through a `:` or `/` in a path segment.
 //! Only 2xx responses with a JSON body are published; the caller gets the response
-//! unchanged either way. A publish that fails (bad topic from a parameter, payload
-//! too large, backend down) is logged and counted, and the response still goes out:
+//! unchanged either way. A publish that fails (a parameter that cannot fill the
+//! topic, a body that is not JSON, payload too large, backend down) is logged and
+//! counted in `herald_publish_rejected_total`, and the response still goes out:
 //! the handler's work is done and the caller must not see it fail.
 
 use std::convert::Infallible;
@@ -80,12 +84,34 @@ pub struct PublishResponse<S> {
     layer: PublishResponseLayer,
 }
 
-fn fill(template: &str, params: &RawPathParams) -> String {
-    let mut topic = template.to_owned();
-    for (name, value) in params {
-        topic = topic.replace(&format!("{{{name}}}"), value);
+/// Fills `template`'s `{name}` parts from `params`, in one pass.
+fn fill(template: &str, params: &[(&str, &str)]) -> Result<String, String> {
+    let mut topic = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        topic.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!("unclosed {{ in the topic template {template:?}"));
+        };
+        let name = &after[..close];
+        let value = params
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| format!("the route has no path parameter {name:?}"))?;
+        if !crate::auth::subject_ok(value) {
+            return Err(format!(
+                "path parameter {name} = {:?} cannot be placed in a topic: it must be \
+                 1..=64 bytes of A-Z a-z 0-9 _ - . @",
+                value.chars().take(64).collect::<String>()
+            ));
+        }
+        topic.push_str(value);
+        rest = &after[close + 1..];
     }
-    topic
+    topic.push_str(rest);
+    Ok(topic)
 }
 
 impl<S> Service<Request> for PublishResponse<S>
@@ -108,10 +134,10 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
-            let topic = RawPathParams::from_request_parts(&mut parts, &())
-                .await
-                .map(|p| fill(&layer.topic, &p))
-                .unwrap_or_else(|_| layer.topic.clone());
+            let topic = match RawPathParams::from_request_parts(&mut parts, &()).await {
+                Ok(params) => fill(&layer.topic, &params.iter().collect::<Vec<_>>()),
+                Err(_) => fill(&layer.topic, &[]),
+            };
             let response = inner.call(Request::from_parts(parts, body)).await?;
             let is_json = response
                 .headers()
@@ -146,11 +172,17 @@ where
                 }
             };
             let published = async {
-                let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string())?;
-                serde_json::from_str::<&serde_json::value::RawValue>(text)
-                    .map_err(|e| e.to_string())?;
-                let topic = Topic::new(&topic).map_err(|e| e.to_string())?;
-                let event = Event::new(topic, layer.event.clone(), compact_json(text));
+                let checked = (|| {
+                    let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string())?;
+                    serde_json::from_str::<&serde_json::value::RawValue>(text)
+                        .map_err(|e| e.to_string())?;
+                    let topic = Topic::new(&topic?).map_err(|e| e.to_string())?;
+                    Ok::<_, String>(Event::new(topic, layer.event.clone(), compact_json(text)))
+                })();
+                let event = checked.inspect_err(|_| {
+                    layer.hub.inner.metrics.publish_rejected.inc();
+                })?;
+                // Counts its own failures.
                 layer
                     .hub
                     .publish_events(vec![event])
