@@ -59,7 +59,8 @@
 //! moves the subscription's [cursor](Subscription::cursor), as it is yielded. On
 //! EOF, a network error or a 5xx/429 answer, the subscription waits (the hub's
 //! `retry:` hint, 2 s until it sends one; exponential backoff with jitter up to
-//! [`max_backoff`](SubscribeBuilder::max_backoff) when attempts keep failing) and
+//! [`max_backoff`](SubscribeBuilder::max_backoff) when attempts keep failing: a
+//! stream counts as working once it delivers an event or stays up for a second) and
 //! reconnects with `Last-Event-ID` set to the cursor: the hub replays what was
 //! missed on every topic, in order, none twice, or says [`Message::Reset`] for the
 //! topics whose history is gone. Other 4xx answers are not retried: the stream

@@ -27,6 +27,10 @@ const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The shortest delay between *repeated* failing attempts, even if the hub asks
 /// for `retry: 0`.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// A stream that delivered no event ends the failure streak only if it stayed up
+/// this long: a hub that ends every stream right after its opening lines is
+/// retried with backoff, not in a tight loop.
+const STABLE_STREAM: Duration = Duration::from_secs(1);
 /// Longest delay honoured from `retry:` or `Retry-After`.
 const MAX_HINT: Duration = Duration::from_secs(24 * 3600);
 /// Default bound on one incomplete frame's size.
@@ -247,8 +251,11 @@ struct Inner {
     parser: Parser,
     body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
     queue: VecDeque<Queued>,
-    /// Failed attempts and lost streams since a stream last delivered a frame.
+    /// Failed attempts and lost streams since a stream last delivered an event or
+    /// stayed up for [`STABLE_STREAM`].
     failures: u32,
+    /// When the current stream's response arrived.
+    opened: Option<std::time::Instant>,
     /// The wait before the next attempt.
     wait: Option<Duration>,
     /// No more reconnecting: yield what is queued, then end.
@@ -292,6 +299,7 @@ impl Inner {
             body: None,
             queue: VecDeque::new(),
             failures: 0,
+            opened: None,
             wait: None,
             done: false,
             fatal,
@@ -333,6 +341,7 @@ impl Inner {
                     Ok(body) => {
                         tracing::debug!(url = %self.url, "event stream open");
                         self.body = Some(body);
+                        self.opened = Some(std::time::Instant::now());
                         self.parser.restart();
                         self.push(None, Message::Connected);
                     }
@@ -372,6 +381,15 @@ impl Inner {
     /// The current stream is gone: reconnect after the backoff.
     fn lost(&mut self, error: String) {
         self.body = None;
+        // A stream that stayed up a while worked: the next attempt waits only the
+        // hub's `retry:`.
+        if self
+            .opened
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE_STREAM)
+        {
+            self.failures = 0;
+        }
         self.schedule(error, Duration::ZERO);
     }
 
@@ -391,8 +409,6 @@ impl Inner {
 
     fn on_bytes(&mut self, bytes: &[u8]) {
         for item in self.parser.feed(bytes) {
-            // The stream works: the next loss waits only the hub's `retry:`.
-            self.failures = 0;
             match item {
                 Item::Retry(ms) => {
                     self.retry = Duration::from_millis(ms).min(MAX_HINT);
@@ -402,6 +418,8 @@ impl Inner {
                     message: None,
                 }),
                 Item::Event(event) => {
+                    // The stream works: the next loss waits only the hub's `retry:`.
+                    self.failures = 0;
                     if self.on_event(event) {
                         // Replaced: nothing after it counts.
                         self.done = true;

@@ -195,6 +195,43 @@ async fn wire_details_and_cursors_across_reconnections() {
 }
 
 #[tokio::test]
+async fn streams_that_end_after_their_opening_lines_back_off() {
+    // Found by a review: every parsed line (the opening `retry: 0` too) ended the
+    // failure streak, so a hub that ended each stream right after it was retried
+    // at once, for ever. Now only an event, or a stream that stayed up, does.
+    let (addr, heads) = fake_server(vec![script(
+        &[
+            SSE_HEAD,
+            b"retry: 0
+
+id: 1-0
+
+",
+        ],
+        false,
+    )])
+    .await;
+    let mut sub = Client::new(format!("http://{addr}"))
+        .unwrap()
+        .subscribe(["a"])
+        .stream();
+    let mut waits = Vec::new();
+    while waits.len() < 4 {
+        match message(&mut sub).await {
+            Message::Connected => {}
+            Message::Disconnected { retry_in, .. } => waits.push(retry_in),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // The hint once, then doubling from 100 ms (with jitter in the upper half).
+    assert_eq!(waits[0], Duration::ZERO, "{waits:?}");
+    assert!(waits[1] >= Duration::from_millis(100), "{waits:?}");
+    assert!(waits[2] >= Duration::from_millis(200), "{waits:?}");
+    assert!(waits[3] >= Duration::from_millis(400), "{waits:?}");
+    assert!(heads.lock().unwrap().len() >= 4);
+}
+
+#[tokio::test]
 async fn not_an_event_stream_is_terminal() {
     let (addr, heads) = fake_server(vec![script(
         &[b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"],
