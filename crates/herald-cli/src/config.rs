@@ -122,7 +122,8 @@ pub(crate) struct Serve {
 
     /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for TLS):
     /// selects the Redis backend, so several instances act as one hub. Repeat it
-    /// (or separate with commas) to give Cluster seed nodes. Without it: in-memory.
+    /// (or separate with commas) to give Cluster seed nodes; percent-encode a comma
+    /// in a password (`%2C`). Without it: in-memory.
     #[arg(
         long = "redis-url",
         env = "HERALD_REDIS_URL",
@@ -164,11 +165,12 @@ pub(crate) struct Serve {
     #[arg(long, env = "HERALD_JWT_COOKIE")]
     pub(crate) jwt_cookie: Option<String>,
 
-    /// Static bearer key that may publish to any topic (repeatable; at least 16 characters).
+    /// Static bearer key that may publish to any topic (repeatable; at least 16
+    /// characters of A-Z a-z 0-9 - . _ ~ + /). Not split on commas: a comma in a key
+    /// is refused rather than turned into two weaker keys.
     #[arg(
         long = "publish-key",
         env = "HERALD_PUBLISH_KEY",
-        value_delimiter = ',',
         hide_env_values = true
     )]
     pub(crate) publish_key: Vec<String>,

@@ -692,6 +692,41 @@ async fn oversized_query_gets_431() {
 }
 
 #[test]
+fn publish_keys_are_not_split_on_commas() {
+    // Found by a review: keys were split on commas, so a key holding one became
+    // two shorter keys, each good enough to publish on its own.
+    let key = "abcdefghijklmnop,qrstuvwxyz012345";
+    let by_flag = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--publish-key", key])
+        .output()
+        .unwrap();
+    let by_env = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("HERALD_PUBLISH_KEY", key)
+        .output()
+        .unwrap();
+    for out in [by_flag, by_env] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("a publish key may hold only"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn several_publish_keys_are_separate_values() {
+    let h = Herald::start(&[
+        "--publish-key",
+        "first-key-0123456789",
+        "--publish-key",
+        "second-key-0123456789+/==",
+    ]);
+    for key in ["first-key-0123456789", "second-key-0123456789+/=="] {
+        assert_eq!(publish(&h, "a", Some(key)).await.0, 200, "{key}");
+    }
+    assert_eq!(publish(&h, "a", Some("first-key-0123")).await.0, 401);
+}
+
+#[test]
 fn refuses_to_start_open_on_a_public_address() {
     let out = Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--listen", "0.0.0.0:0"])

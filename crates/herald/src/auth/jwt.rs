@@ -70,6 +70,12 @@ pub enum JwtSetupError {
     /// A publish key is too short to be a secret.
     #[error("publish keys must be at least 16 characters")]
     WeakPublishKey,
+    /// A publish key has characters a bearer token cannot carry (RFC 6750
+    /// `b64token`): a comma or a space in it was most likely meant to separate keys.
+    #[error(
+        "a publish key may hold only A-Z a-z 0-9 - . _ ~ + / (and = at its end); give several keys as separate values"
+    )]
+    BadPublishKey,
 }
 
 /// The `herald` claim.
@@ -237,6 +243,15 @@ fn shown_list(names: &[String]) -> String {
     format!("[{}]", out.join(", "))
 }
 
+/// RFC 6750 `b64token`: what `Authorization: Bearer` can carry.
+fn is_b64token(key: &str) -> bool {
+    let body = key.trim_end_matches('=');
+    !body.is_empty()
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
 /// Compares without an early exit, so timing does not reveal a key's prefix.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
@@ -276,6 +291,9 @@ impl JwtAuthorizer {
         };
         if config.publish_keys.iter().any(|k| k.len() < 16) {
             return Err(JwtSetupError::WeakPublishKey);
+        }
+        if !config.publish_keys.iter().all(|k| is_b64token(k)) {
+            return Err(JwtSetupError::BadPublishKey);
         }
         let anonymous = config
             .anonymous_topics
