@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Worker protocol: stdout lines `progress <attempted> <connected> <unique>`,
-/// `ready`, `summary <json>`; stdin lines `origin <ns>`, `stop <expected json>`.
+/// `ready`, `summary <json>`; stdin lines `origin <ns>`, `stop <accepted json>`.
 async fn worker(plan: Plan) -> anyhow::Result<()> {
     let group = Group::new(plan);
     let progress = {
@@ -143,9 +143,9 @@ async fn worker(plan: Plan) -> anyhow::Result<()> {
         if let Some(ns) = line.strip_prefix("origin ") {
             group.set_origin(ns.trim().parse().unwrap_or(0));
             cpu_at_origin = procfs::cpu_seconds("self").unwrap_or(0.0);
-        } else if let Some(expected) = line.strip_prefix("stop ") {
-            let expected: Vec<u64> = serde_json::from_str(expected)?;
-            let mut summary = group.summary(&expected);
+        } else if let Some(accepted) = line.strip_prefix("stop ") {
+            let accepted: subscribers::Accepted = serde_json::from_str(accepted)?;
+            let mut summary = group.summary(&accepted);
             summary.cpu_seconds = procfs::cpu_seconds("self").unwrap_or(0.0) - cpu_at_origin;
             progress.abort();
             println!("summary {}", serde_json::to_string(&summary)?);
@@ -390,18 +390,16 @@ async fn coordinate(args: Args) -> anyhow::Result<()> {
     let bench_cpu_local = procfs::cpu_seconds("self").unwrap_or(0.0) - bench_cpu_origin;
 
     // Gather.
-    let expected: Vec<u64> = published
-        .per_topic
-        .iter()
-        .map(|n| n.load(Ordering::Relaxed))
-        .collect();
-    let mut summaries = vec![local.summary(&expected)];
-    let expected_json = serde_json::to_string(&expected)?;
+    // The drain is over: nothing that arrives from here on counts.
+    local.stop();
+    let accepted = published.accepted();
+    let accepted_json = serde_json::to_string(&accepted)?;
     for w in &mut workers {
         w.stdin
-            .write_all(format!("stop {expected_json}\n").as_bytes())
+            .write_all(format!("stop {accepted_json}\n").as_bytes())
             .await?;
     }
+    let mut summaries = vec![local.summary(&accepted)];
     for w in workers {
         let s = tokio::time::timeout(Duration::from_secs(30), w.summary)
             .await

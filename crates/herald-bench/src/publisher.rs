@@ -33,6 +33,26 @@ pub(crate) struct Published {
     /// Accepted events per topic index.
     pub(crate) per_topic: Vec<AtomicU64>,
     pub(crate) first_error: std::sync::Mutex<Option<String>>,
+    /// Sequence numbers handed to the publishing connections: `0..sent`.
+    pub(crate) sent: AtomicU64,
+    /// Sequence numbers whose publish failed (an error status, or no answer).
+    pub(crate) failed_seqs: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Published {
+    /// What the hub accepted, for matching deliveries against.
+    pub(crate) fn accepted(&self) -> crate::subscribers::Accepted {
+        let mut failed = self
+            .failed_seqs
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default();
+        failed.sort_unstable();
+        crate::subscribers::Accepted {
+            events: self.sent.load(Ordering::Relaxed),
+            failed,
+        }
+    }
 }
 
 /// The JSON payload of event `seq`, padded to about `size` bytes.
@@ -131,6 +151,10 @@ pub(crate) async fn run(
 ) {
     let (tx, rx) = async_channel(plan.connections * 4);
     let on_sent = Arc::new(on_sent);
+    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
+    let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    let start = Instant::now();
+    let start_ns = now_ns();
     let mut workers = Vec::new();
     for _ in 0..plan.connections.max(1) {
         let rx = rx.clone();
@@ -146,7 +170,9 @@ pub(crate) async fn run(
             while let Ok(seq) = recv(&rx).await {
                 let topic_idx = (seq % plan.topics.max(1) as u64) as usize;
                 let topic = format!("{}{}", plan.topic_prefix, topic_idx);
-                let ts = now_ns();
+                // The time the event was due, not the time a connection got to it:
+                // a publisher falling behind its schedule shows as latency.
+                let ts = start_ns.saturating_add(interval_ns.saturating_mul(seq));
                 let body = plan
                     .body
                     .replace("{topic}", &topic)
@@ -161,6 +187,9 @@ pub(crate) async fn run(
                     }
                     other => {
                         done.failed.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut f) = done.failed_seqs.lock() {
+                            f.push(seq);
+                        }
                         if let Ok(mut e) = done.first_error.lock()
                             && e.is_none()
                         {
@@ -173,14 +202,13 @@ pub(crate) async fn run(
         }));
     }
     drop(rx);
-    let interval = Duration::from_secs_f64(1.0 / plan.rate.max(0.001));
-    let start = Instant::now();
     for seq in 0..plan.events {
         let at = start + interval.mul_f64(seq as f64);
         tokio::time::sleep_until(at.into()).await;
         if send(&tx, seq).await.is_err() {
             break;
         }
+        done.sent.store(seq + 1, Ordering::Relaxed);
     }
     drop(tx);
     for w in workers {

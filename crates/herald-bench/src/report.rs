@@ -56,6 +56,10 @@ pub(crate) struct Results {
     pub(crate) lost: u64,
     pub(crate) loss_percent: f64,
     pub(crate) duplicated: u64,
+    /// Deliveries that are not accepted events of the subscriber's topic (another
+    /// topic's, or of a publish answered with an error).
+    pub(crate) unexpected: u64,
+    pub(crate) subscribers_with_unexpected: u64,
     pub(crate) subscribers_with_loss: u64,
     pub(crate) max_loss_per_subscriber: u64,
     pub(crate) subscribers_with_dups: u64,
@@ -95,6 +99,8 @@ impl Results {
             s.closed_early += x.closed_early;
             s.unique += x.unique;
             s.dups += x.dups;
+            s.unexpected += x.unexpected;
+            s.subscribers_with_unexpected += x.subscribers_with_unexpected;
             s.expected += x.expected;
             s.subscribers_with_loss += x.subscribers_with_loss;
             s.max_loss = s.max_loss.max(x.max_loss);
@@ -131,6 +137,8 @@ impl Results {
                 100.0 * lost as f64 / s.expected as f64
             },
             duplicated: s.dups,
+            unexpected: s.unexpected,
+            subscribers_with_unexpected: s.subscribers_with_unexpected,
             subscribers_with_loss: s.subscribers_with_loss,
             max_loss_per_subscriber: s.max_loss,
             subscribers_with_dups: s.subscribers_with_dups,
@@ -188,6 +196,13 @@ pub(crate) fn print(r: &Results) {
         (
             "duplicated",
             format!("{} ({} subscribers)", r.duplicated, r.subscribers_with_dups),
+        ),
+        (
+            "unexpected",
+            format!(
+                "{} (another topic's, or not accepted; {} subscribers)",
+                r.unexpected, r.subscribers_with_unexpected
+            ),
         ),
         ("deliveries/s", format!("{:.0}", r.deliveries_per_second)),
         (

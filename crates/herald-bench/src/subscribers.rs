@@ -86,10 +86,29 @@ impl Latency {
 #[derive(Debug)]
 pub(crate) struct Conn {
     pub(crate) topic: usize,
+    /// Distinct sequence numbers seen (any topic; for progress).
     pub(crate) unique: AtomicU64,
     pub(crate) dups: AtomicU64,
     pub(crate) connected: AtomicBool,
     pub(crate) closed: AtomicBool,
+    /// Which sequence numbers arrived (a bit each), matched against what the
+    /// publisher had accepted for this subscriber's topic at the end.
+    pub(crate) seen: Mutex<Vec<u64>>,
+}
+
+/// What the publisher had accepted: every sequence number below `events` except
+/// `failed` (answered with an error or not at all). Sent to workers as JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Accepted {
+    pub(crate) events: u64,
+    /// Sorted.
+    pub(crate) failed: Vec<u64>,
+}
+
+impl Accepted {
+    fn accepted(&self, seq: u64) -> bool {
+        seq < self.events && self.failed.binary_search(&seq).is_err()
+    }
 }
 
 /// A group of connections and what they saw.
@@ -101,6 +120,8 @@ pub(crate) struct Group {
     pub(crate) failed: AtomicU64,
     pub(crate) errors: Mutex<Vec<String>>,
     pub(crate) connect_time: Mutex<Duration>,
+    /// Set when the run's drain window is over.
+    pub(crate) stopped: AtomicBool,
 }
 
 /// What a group reports at the end (also a worker's JSON summary).
@@ -110,7 +131,12 @@ pub(crate) struct Summary {
     pub(crate) failed: u64,
     pub(crate) closed_early: u64,
     pub(crate) connect_seconds: f64,
+    /// Accepted events of its topic each subscriber received (counted once).
     pub(crate) unique: u64,
+    /// Events a subscriber received that are not accepted events of its topic
+    /// (another topic's, or a publish that was answered with an error).
+    pub(crate) unexpected: u64,
+    pub(crate) subscribers_with_unexpected: u64,
     pub(crate) dups: u64,
     pub(crate) expected: u64,
     pub(crate) subscribers_with_loss: u64,
@@ -147,6 +173,7 @@ impl Group {
                     dups: AtomicU64::new(0),
                     connected: AtomicBool::new(false),
                     closed: AtomicBool::new(false),
+                    seen: Mutex::new(Vec::new()),
                 })
             })
             .collect();
@@ -157,7 +184,13 @@ impl Group {
             failed: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
             connect_time: Mutex::new(Duration::ZERO),
+            stopped: AtomicBool::new(false),
         })
+    }
+
+    /// Stops counting: what arrives from now on is ignored (the drain is over).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn connected(&self) -> u64 {
@@ -292,7 +325,9 @@ impl Group {
     async fn read(&self, (mut stream, mut body, rest): (TcpStream, Body, Vec<u8>), conn: &Conn) {
         conn.connected.store(true, Ordering::Relaxed);
         let mut sse = Sse::default();
-        let mut seen = vec![0u64; self.plan.max_events.div_ceil(64)];
+        if let Ok(mut seen) = conn.seen.lock() {
+            *seen = vec![0u64; self.plan.max_events.div_ceil(64)];
+        }
         let mut pending: Vec<(u64, u64)> = Vec::with_capacity(128);
         let mut buf = vec![0u8; 16 * 1024];
         let mut first = Some(rest);
@@ -308,7 +343,14 @@ impl Group {
                 }
             };
             let now = now_ns();
+            let Ok(mut seen) = conn.seen.lock() else {
+                break;
+            };
+            let stopped = &self.stopped;
             let mut on_event = |s: Seen| {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
                 let Ok(seq) = usize::try_from(s.seq) else {
                     return;
                 };
@@ -324,10 +366,9 @@ impl Group {
                     pending.push((s.ts_ns, now));
                 }
             };
-            if body
-                .decode(&buf[..n], &mut |bytes| sse.feed(bytes, &mut on_event))
-                .is_err()
-            {
+            let decoded = body.decode(&buf[..n], &mut |bytes| sse.feed(bytes, &mut on_event));
+            drop(seen);
+            if decoded.is_err() {
                 break;
             }
             // Record latencies after every read: a subscriber that gets few events
@@ -337,8 +378,6 @@ impl Group {
         }
         self.flush(&mut pending);
         conn.closed.store(true, Ordering::Relaxed);
-        // Keep the bitset alive until here; report through the atomics.
-        drop(seen);
     }
 
     fn flush(&self, pending: &mut Vec<(u64, u64)>) {
@@ -360,8 +399,12 @@ impl Group {
         }
     }
 
-    /// The group's results against the number of events published per topic.
-    pub(crate) fn summary(&self, expected_per_topic: &[u64]) -> Summary {
+    /// The group's results against what the publisher accepted: each subscriber
+    /// is matched event by event against its topic's accepted sequence numbers,
+    /// so an event it should not have got cannot make up for one it lost. A
+    /// subscriber that never connected lost every event of its topic.
+    pub(crate) fn summary(&self, accepted: &Accepted) -> Summary {
+        self.stop();
         let mut s = Summary {
             connected: self.connected(),
             failed: self.failed.load(Ordering::Relaxed),
@@ -372,20 +415,36 @@ impl Group {
                 .unwrap_or(0.0),
             ..Summary::default()
         };
+        let topics = self.plan.topics.max(1) as u64;
         for c in &self.conns {
-            if !c.connected.load(Ordering::Relaxed) {
-                continue;
-            }
-            let expected = expected_per_topic.get(c.topic).copied().unwrap_or(0);
-            let unique = c.unique.load(Ordering::Relaxed);
+            let mine = (c.topic as u64..accepted.events)
+                .step_by(topics as usize)
+                .filter(|&q| accepted.accepted(q));
+            let expected = mine.clone().count() as u64;
+            let (received, unexpected) = match c.seen.lock() {
+                Ok(seen) if c.connected.load(Ordering::Relaxed) => {
+                    let bit = |q: u64| {
+                        seen.get((q / 64) as usize)
+                            .is_some_and(|w| w & (1 << (q % 64)) != 0)
+                    };
+                    let received = mine.filter(|&q| bit(q)).count() as u64;
+                    let all: u64 = seen.iter().map(|w| u64::from(w.count_ones())).sum();
+                    (received, all - received)
+                }
+                _ => (0, 0),
+            };
             let dups = c.dups.load(Ordering::Relaxed);
             s.expected += expected;
-            s.unique += unique;
+            s.unique += received;
+            s.unexpected += unexpected;
             s.dups += dups;
-            let lost = expected.saturating_sub(unique);
+            let lost = expected - received;
             if lost > 0 {
                 s.subscribers_with_loss += 1;
                 s.max_loss = s.max_loss.max(lost);
+            }
+            if unexpected > 0 {
+                s.subscribers_with_unexpected += 1;
             }
             if dups > 0 {
                 s.subscribers_with_dups += 1;
@@ -422,4 +481,71 @@ pub(crate) fn split_url(url: &str) -> Result<(SocketAddr, String, String), Strin
         .find(SocketAddr::is_ipv4)
         .ok_or_else(|| format!("no IPv4 address for {host}"))?;
     Ok((addr, host.to_owned(), path.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(subscribers: usize, topics: usize, events: usize) -> Arc<Group> {
+        Group::new(Plan {
+            url: vec!["http://127.0.0.1:1/e?t={topic}".into()],
+            topics,
+            topic_prefix: "t".into(),
+            first: 0,
+            count: subscribers,
+            max_events: events,
+            connect_concurrency: 1,
+            source_ips: 0,
+        })
+    }
+
+    /// Marks `conn` connected and as having seen `seqs`.
+    fn saw(g: &Group, conn: usize, seqs: &[u64]) {
+        let c = &g.conns[conn];
+        c.connected.store(true, Ordering::Relaxed);
+        let mut seen = c.seen.lock().unwrap();
+        *seen = vec![0; g.plan.max_events.div_ceil(64)];
+        for &q in seqs {
+            seen[(q / 64) as usize] |= 1 << (q % 64);
+        }
+    }
+
+    #[test]
+    fn deliveries_are_matched_event_by_event() {
+        // Found by a review: loss was expected - distinct seen, so an event of
+        // another topic made up for a lost one.
+        let g = group(2, 2, 6);
+        // Subscriber 0 (topic 0: 0, 2, 4) lost 4 and got topic 1's 1 instead;
+        // subscriber 1 (topic 1: 1, 3, 5) got all of its own.
+        saw(&g, 0, &[0, 2, 1]);
+        saw(&g, 1, &[1, 3, 5]);
+        let s = g.summary(&Accepted {
+            events: 6,
+            failed: vec![],
+        });
+        assert_eq!((s.expected, s.unique), (6, 5));
+        assert_eq!((s.subscribers_with_loss, s.max_loss), (1, 1));
+        assert_eq!((s.unexpected, s.subscribers_with_unexpected), (1, 1));
+    }
+
+    #[test]
+    fn failed_publishes_are_not_expected_and_never_connected_subscribers_lost_all() {
+        let g = group(3, 1, 4);
+        // Event 2's publish failed, yet subscriber 0 got it; subscriber 2 never
+        // connected.
+        saw(&g, 0, &[0, 1, 2, 3]);
+        saw(&g, 1, &[0, 1, 3]);
+        let s = g.summary(&Accepted {
+            events: 4,
+            failed: vec![2],
+        });
+        assert_eq!(
+            s.expected, 9,
+            "three accepted events for each of three subscribers"
+        );
+        assert_eq!(s.unique, 6);
+        assert_eq!((s.subscribers_with_loss, s.max_loss), (1, 3));
+        assert_eq!((s.unexpected, s.subscribers_with_unexpected), (1, 1));
+    }
 }

@@ -20,7 +20,14 @@ pub(crate) enum Body {
         in_size: bool,
         size: usize,
         skip_lf: u8,
+        /// In a chunk extension (after `;`).
         ext: bool,
+        /// Hex digits of the size read so far.
+        digits: u32,
+        /// Whitespace after the digits: only `;` or CR may follow.
+        after: bool,
+        /// The size line's CR was read: its LF must follow.
+        cr: bool,
     },
     /// Until the connection closes (or `Content-Length`).
     Plain,
@@ -46,13 +53,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Option<Result<(u16, Body, usize), String
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
     let body = if chunked {
-        Body::Chunked {
-            left: 0,
-            in_size: true,
-            size: 0,
-            skip_lf: 0,
-            ext: false,
-        }
+        Body::chunked()
     } else {
         Body::Plain
     };
@@ -60,6 +61,20 @@ pub(crate) fn parse_head(buf: &[u8]) -> Option<Result<(u16, Body, usize), String
 }
 
 impl Body {
+    /// A chunked body, before its first size line.
+    pub(crate) fn chunked() -> Self {
+        Body::Chunked {
+            left: 0,
+            in_size: true,
+            size: 0,
+            skip_lf: 0,
+            ext: false,
+            digits: 0,
+            after: false,
+            cr: false,
+        }
+    }
+
     /// Decodes `input` and feeds the body bytes to `out`. Err on a malformed chunk.
     pub(crate) fn decode(
         &mut self,
@@ -77,6 +92,9 @@ impl Body {
                 size,
                 skip_lf,
                 ext,
+                digits,
+                after,
+                cr,
             } => {
                 while !input.is_empty() {
                     if *skip_lf > 0 {
@@ -90,26 +108,44 @@ impl Body {
                         continue;
                     }
                     if *in_size {
+                        // chunk-size = 1*HEXDIG, then optional whitespace and
+                        // `;` extensions (ignored), then CRLF (RFC 9112 7.1).
                         let b = input[0];
                         input = &input[1..];
-                        if *ext && b != b'\n' {
-                            continue; // chunk extensions are ignored
+                        if *cr {
+                            if b != b'\n' {
+                                return Err("bare CR in a chunk size line".into());
+                            }
+                            if *digits == 0 {
+                                return Err("empty chunk size".into());
+                            }
+                            *left = *size;
+                            (*size, *digits, *after, *ext, *cr, *in_size) =
+                                (0, 0, false, false, false, false);
+                            if *left == 0 {
+                                return Ok(()); // last chunk: the stream is over
+                            }
+                            continue;
                         }
-                        match b {
-                            b';' => *ext = true,
-                            b'0'..=b'9' => *size = *size * 16 + usize::from(b - b'0'),
-                            b'a'..=b'f' => *size = *size * 16 + usize::from(b - b'a' + 10),
-                            b'A'..=b'F' => *size = *size * 16 + usize::from(b - b'A' + 10),
-                            b'\r' | b' ' => {}
-                            b'\n' => {
-                                *ext = false;
-                                *in_size = false;
-                                *left = *size;
-                                *size = 0;
-                                if *left == 0 {
-                                    return Ok(()); // last chunk: the stream is over
+                        let hex = match b {
+                            b'0'..=b'9' => Some(b - b'0'),
+                            b'a'..=b'f' => Some(b - b'a' + 10),
+                            b'A'..=b'F' => Some(b - b'A' + 10),
+                            _ => None,
+                        };
+                        match (b, hex) {
+                            (b'\r', _) => *cr = true,
+                            (_, _) if *ext => {
+                                if b == b'\n' {
+                                    return Err("a chunk size line must end with CRLF".into());
                                 }
                             }
+                            (_, Some(v)) if !*after => {
+                                *digits += 1;
+                                *size = *size * 16 + usize::from(v);
+                            }
+                            (b' ' | b'\t', _) if *digits > 0 => *after = true,
+                            (b';', _) if *digits > 0 => *ext = true,
                             _ => return Err(format!("bad chunk size byte {b:#x}")),
                         }
                         if *size > 1 << 30 {
@@ -146,7 +182,10 @@ pub(crate) struct Sse {
     data: Vec<u8>,
     has_data: bool,
     after_cr: bool,
+    /// Past the optional leading BOM.
     started: bool,
+    /// Bytes of a leading BOM matched so far.
+    bom: u8,
     /// Events dispatched with data.
     pub(crate) events: u64,
     /// Dispatched events whose data held no `"seq":` (not from this bench).
@@ -155,12 +194,19 @@ pub(crate) struct Sse {
 
 impl Sse {
     pub(crate) fn feed(&mut self, bytes: &[u8], on_event: &mut impl FnMut(Seen)) {
+        const BOM: &[u8; 3] = b"\xEF\xBB\xBF";
         let mut bytes = bytes;
-        if !self.started && !bytes.is_empty() {
-            self.started = true;
-            // A leading UTF-8 BOM is ignored.
-            if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
-                bytes = rest;
+        // A leading UTF-8 BOM is ignored, also when it arrives split across reads.
+        while !self.started && !bytes.is_empty() {
+            let k = usize::from(self.bom);
+            if bytes[0] == BOM[k] {
+                self.bom += 1;
+                bytes = &bytes[1..];
+                self.started = self.bom == 3;
+            } else {
+                // Not a BOM after all: what matched is the stream's first bytes.
+                self.line.extend_from_slice(&BOM[..k]);
+                self.started = true;
             }
         }
         let mut i = 0;
@@ -290,6 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn a_bom_split_across_reads_is_skipped() {
+        // Found by a review: a BOM split across reads became part of the first
+        // field's name, and that event was lost.
+        let s = b"\xEF\xBB\xBFdata: {\"seq\":1,\"ts\":2}\n\n";
+        for split in 0..=3 {
+            let (a, b) = s.split_at(split);
+            let (out, _) = parse(&[a, b]);
+            assert_eq!(out, [Seen { seq: 1, ts_ns: 2 }], "split at {split}");
+        }
+        let (out, _) = parse(&[b"\xEF", b"\xBB", b"\xBFdata: {\"seq\":1,\"ts\":2}\n\n"]);
+        assert_eq!(out.len(), 1);
+        // Half a BOM followed by something else is part of the first line: a field
+        // named "\xEFdata", which is ignored.
+        let (out, p) = parse(&[
+            b"\xEF",
+            b"data: {\"seq\":1,\"ts\":2}\n\ndata: {\"seq\":2,\"ts\":3}\n\n",
+        ]);
+        assert_eq!((out, p.events), (vec![Seen { seq: 2, ts_ns: 3 }], 1));
+    }
+
+    #[test]
     fn foreign_and_empty_events() {
         let (out, p) = parse(&[b"data: hello\n\nid: 3\n\ndata\n\n"]);
         assert!(out.is_empty());
@@ -313,27 +380,38 @@ mod tests {
 
     #[test]
     fn chunked_bodies() {
-        let mut body = Body::Chunked {
-            left: 0,
-            in_size: true,
-            size: 0,
-            skip_lf: 0,
-            ext: false,
-        };
+        let mut body = Body::chunked();
         let wire = b"5\r\nhello\r\na;ext=1\r\n0123456789\r\n0\r\n\r\n";
         let mut got = Vec::new();
         for b in wire.chunks(3) {
             body.decode(b, &mut |x| got.extend_from_slice(x)).unwrap();
         }
         assert_eq!(got, b"hello0123456789");
-        let mut bad = Body::Chunked {
-            left: 0,
-            in_size: true,
-            size: 0,
-            skip_lf: 0,
-            ext: false,
-        };
-        assert!(bad.decode(b"zz\r\n", &mut |_| {}).is_err());
+        // Malformed size lines (found by a review: an empty one was taken for the
+        // last chunk, and spaces or a bare CR inside a size were accepted).
+        for wire in [
+            &b"zz\r\n"[..],
+            b"\r\n5\r\nhello\r\n",
+            b"5\n",
+            b"5\rx",
+            b"1 0\r\n",
+            b" 5\r\n",
+            b";x\r\n",
+            b"5;ext\n",
+        ] {
+            let mut bad = Body::chunked();
+            assert!(
+                bad.decode(wire, &mut |_| {}).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        // Whitespace before an extension is allowed (RFC 9112 BWS).
+        let mut ok = Body::chunked();
+        let mut got = Vec::new();
+        ok.decode(b"5 ;a=b\r\nhello\r\n", &mut |x| got.extend_from_slice(x))
+            .unwrap();
+        assert_eq!(got, b"hello");
     }
 
     #[test]

@@ -60,6 +60,7 @@ async fn tiny_scenario_reports_zero_loss() {
     assert_eq!(r["received"], 1800, "{r}");
     assert_eq!(r["lost"], 0, "{r}");
     assert_eq!(r["duplicated"], 0, "{r}");
+    assert_eq!(r["unexpected"], 0, "{r}");
     assert!(r["latency_ms"]["samples"].as_u64() == Some(1800), "{r}");
     assert!(stdout.contains("deliveries/s"), "{stdout}");
     assert!(std::fs::read_to_string(&chart).unwrap().starts_with("<svg"));
