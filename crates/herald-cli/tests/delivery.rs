@@ -74,6 +74,59 @@ async fn several_topics_one_connection_in_order_once() {
     }
 }
 
+#[tokio::test]
+async fn envelope_names_each_events_topic() {
+    // `envelope=1`: the data is `{"topic", "data"}`, live and replayed, on single-
+    // and multi-topic streams, direct or not; the hub's own events stay as they are.
+    let h = Herald::start(&["--retention-events", "4"]);
+    let mut multi = Sse::open(&h.url("/events?topic=b,a&envelope=1"), None).await;
+    let mut single = Sse::open(&h.url("/events?topic=a&envelope=true"), None).await;
+    let mut plain = Sse::open(&h.url("/events?topic=a&envelope=0"), None).await;
+    let pa = h.send("a", "created", json!({"id": 1})).await;
+    h.send("b", "deleted", json!([1, "x"])).await;
+    for (t, name, data) in [
+        ("a", "created", json!({"id": 1})),
+        ("b", "deleted", json!([1, "x"])),
+    ] {
+        let ev = multi.next().await;
+        assert_eq!(ev.event, name);
+        assert_eq!(ev.json(), json!({"topic": t, "data": data}));
+    }
+    let ev = single.next().await;
+    assert_eq!(
+        (ev.id.as_str(), ev.event.as_str()),
+        (pa.as_str(), "created")
+    );
+    assert_eq!(ev.json(), json!({"topic": "a", "data": {"id": 1}}));
+    assert_eq!(plain.next().await.json(), json!({"id": 1}));
+    // Replayed from a cursor: enveloped too.
+    let cursor = multi.last_id.clone();
+    drop(multi);
+    h.send("a", "n", json!("missed")).await;
+    let mut resumed = Sse::open(&h.url("/events?topic=a,b&envelope=1"), Some(&cursor)).await;
+    assert_eq!(
+        resumed.next().await.json(),
+        json!({"topic": "a", "data": "missed"})
+    );
+    // A reset is the hub's own event: not wrapped.
+    for i in 0..6 {
+        h.send("a", "n", json!(i)).await;
+    }
+    let mut stale = Sse::open(&h.url("/events?topic=a,b&envelope=1"), Some(&cursor)).await;
+    let ev = stale.next().await;
+    assert_eq!(ev.event, "herald.reset");
+    assert_eq!(ev.json(), json!({"topics": ["a"]}));
+    // Anything but 1/true/0/false is refused.
+    let out = raw_get(
+        h.addr,
+        "GET /events?topic=a&envelope=yes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "}",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    assert!(out.contains(r#""error":"invalid_request""#), "{out}");
+}
+
 /// Subscribes, reads `before` events, disconnects, publishes more, and resumes.
 async fn resume_case(topics: &[&str], via_query: bool) {
     let h = Herald::start(&[]);

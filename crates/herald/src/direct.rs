@@ -265,7 +265,7 @@ mod tests {
         let (client, server) = socket_pair().await;
         let set = TopicSet::parse(["a"], 32).expect("topic");
         let expires = SystemTime::now() + Duration::from_secs(1);
-        let conn = crate::stream::open(&hub, set, None, Some(expires))
+        let conn = crate::stream::open(&hub, set, None, Some(expires), false)
             .await
             .expect("opened");
         let at = conn.deadline.as_ref().map(|d| d.deadline());
@@ -302,7 +302,7 @@ mod tests {
         let hub = Hub::new(HubConfig::default()).expect("hub");
         let (_client, server) = socket_pair().await;
         let set = TopicSet::parse(["a"], 32).expect("topic");
-        let conn = crate::stream::open(&hub, set, None, None)
+        let conn = crate::stream::open(&hub, set, None, None, false)
             .await
             .expect("opened");
         let topic = crate::event::Topic::new("a").expect("topic");
@@ -311,10 +311,15 @@ mod tests {
         hub.inner.fanout.push(&topic, frame(&topic, 1));
         // ...when the topic is evicted, and another stream opens it anew.
         hub.inner.fanout.evict(&topic);
-        let _other =
-            crate::stream::open(&hub, TopicSet::parse(["a"], 32).expect("topic"), None, None)
-                .await
-                .expect("opened");
+        let _other = crate::stream::open(
+            &hub,
+            TopicSet::parse(["a"], 32).expect("topic"),
+            None,
+            None,
+            false,
+        )
+        .await
+        .expect("opened");
         let direct = Direct::new(conn.subs, Arc::new(server), true, None);
         direct.attach();
         // The frame pushed before the eviction is written; then the stream idles.

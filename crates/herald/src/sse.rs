@@ -21,7 +21,9 @@ pub struct Frame {
     full: Bytes,
     /// Where the `event:` line starts in `full`; multi-topic connections write their
     /// own `id:` line and then `full[body_start..]`.
-    body_start: usize,
+    body_start: u32,
+    /// Where the first `data:` line starts in `full`.
+    data_start: u32,
     /// A `herald.takeover` marker: never written, read by exclusive streams.
     takeover: bool,
 }
@@ -35,14 +37,17 @@ impl Frame {
             BytesMut::with_capacity(48 + event.name.as_str().len() + 8 + event.data.len() + 8);
         // A position is digits and a dash: nothing to escape.
         let _ = writeln!(buf, "id: {}-{}", pos.ms, pos.seq);
-        let body_start = buf.len();
+        let body_start = buf.len() as u32;
         put_field(&mut buf, "event", event.name.as_str().as_bytes());
+        // An id line is at most 46 bytes and a name 100: these fit in u32.
+        let data_start = buf.len() as u32;
         put_data(&mut buf, &event.data);
         buf.put_u8(b'\n');
         Self {
             pos,
             full: buf.freeze(),
             body_start,
+            data_start,
             takeover: event.name.as_str() == crate::event::TAKEOVER,
         }
     }
@@ -59,7 +64,35 @@ impl Frame {
 
     /// The frame without its `id:` line (`event:` and `data:` lines and the blank line).
     pub fn body(&self) -> Bytes {
-        self.full.slice(self.body_start..)
+        self.full.slice(self.body_start as usize..)
+    }
+
+    /// The frame's own `id:` line.
+    pub(crate) fn id_line(&self) -> Bytes {
+        self.full.slice(..self.body_start as usize)
+    }
+
+    /// The frame without its `id:` line, its data wrapped as
+    /// `{"topic":"<topic>","data":<data>}` (streams opened with `envelope=1`).
+    pub(crate) fn body_in_envelope(&self, topic: &str) -> Bytes {
+        let (body, data) = (self.body_start as usize, self.data_start as usize);
+        // `data: X\n` (or several lines) and the blank line: the data lines' text
+        // without the first prefix and the last line end.
+        let lines = &self.full[data..self.full.len() - 1];
+        let inner = lines
+            .strip_prefix(b"data: ")
+            .and_then(|l| l.strip_suffix(b"\n"))
+            .unwrap_or_default();
+        let mut buf = BytesMut::with_capacity(self.full.len() + topic.len() + 32);
+        buf.put_slice(&self.full[body..data]);
+        buf.put_slice(b"data: {\"topic\":");
+        // Topic names need no escaping; serde_json is the fence all the same.
+        let quoted = serde_json::to_string(topic).unwrap_or_else(|_| "\"\"".into());
+        buf.put_slice(quoted.as_bytes());
+        buf.put_slice(b",\"data\":");
+        buf.put_slice(if inner.is_empty() { b"null" } else { inner });
+        buf.put_slice(b"}\n\n");
+        buf.freeze()
     }
 }
 
@@ -163,6 +196,38 @@ pub fn comment(text: &str) -> Bytes {
 mod tests {
     use super::*;
     use crate::event::{EventName, Topic};
+
+    #[test]
+    fn envelopes_wrap_the_data_and_keep_the_rest() {
+        let ev = |data: &str| {
+            Event::new(
+                Topic::new("user:42").unwrap(),
+                EventName::new("changed").unwrap(),
+                data.to_owned(),
+            )
+        };
+        let f = Frame::new(Position::new(5, 1), &ev(r#"{"a":[1,2]}"#));
+        assert_eq!(&f.id_line()[..], b"id: 5-1\n");
+        assert_eq!(
+            &f.body_in_envelope("user:42")[..],
+            b"event: changed\ndata: {\"topic\":\"user:42\",\"data\":{\"a\":[1,2]}}\n\n"
+        );
+        // Data on several lines (a library publish of pretty JSON) stays JSON once
+        // the client joins the lines.
+        let f = Frame::new(Position::new(5, 2), &ev("{\n  \"a\": 1\r\n}"));
+        let wrapped = f.body_in_envelope("t");
+        assert_eq!(
+            &wrapped[..],
+            b"event: changed\ndata: {\"topic\":\"t\",\"data\":{\ndata:   \"a\": 1\ndata: }}\n\n"
+        );
+        let joined: Vec<&str> = std::str::from_utf8(&wrapped)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .collect();
+        let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
+        assert_eq!(v, serde_json::json!({"topic": "t", "data": {"a": 1}}));
+    }
 
     #[test]
     fn frame_layout() {

@@ -73,6 +73,9 @@ pub(crate) struct Subs {
     /// own takeover marker. A later marker means another stream took the topic.
     exclusive: Option<Box<[Option<Position>]>>,
     pub(crate) done: bool,
+    /// Opened with `envelope=1`: each event's data is written as
+    /// `{"topic": ..., "data": ...}` (copied per stream, not shared).
+    envelope: bool,
     registration: Registration,
 }
 
@@ -106,6 +109,7 @@ pub(crate) async fn open(
     set: TopicSet,
     cursor: Option<Vec<Position>>,
     expires_at: Option<std::time::SystemTime>,
+    envelope: bool,
 ) -> Result<Conn, OpenError> {
     let inner = &hub.inner;
     // Expired credentials (an authorizer's past expiry) open nothing, and take no
@@ -193,6 +197,7 @@ pub(crate) async fn open(
         positions,
         exclusive,
         done: false,
+        envelope,
         registration,
     };
     // Counted as written: a takeover marker in the history is not.
@@ -348,11 +353,26 @@ impl Subs {
             return false;
         }
         if self.positions.len() == 1 {
-            out.push(frame.full().clone());
+            if self.envelope {
+                out.push(frame.id_line());
+            } else {
+                out.push(frame.full().clone());
+            }
         } else {
             let cursor = self.registration.set.encode(&self.positions);
             out.push(sse::id_line(&cursor));
-            out.push(frame.body());
+            if !self.envelope {
+                out.push(frame.body());
+            }
+        }
+        if self.envelope {
+            let topic = self
+                .registration
+                .set
+                .topics()
+                .get(i)
+                .map_or("", |t| t.as_str());
+            out.push(frame.body_in_envelope(topic));
         }
         true
     }
@@ -610,7 +630,7 @@ mod tests {
         topics: &[&str],
     ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + use<> {
         let set = TopicSet::parse(topics.iter().copied(), 32).expect("topics");
-        open(hub, set, None, None)
+        open(hub, set, None, None, false)
             .await
             .expect("opened")
             .into_stream()
@@ -625,7 +645,9 @@ mod tests {
     {
         let set = TopicSet::parse(["a"], 32).expect("topic");
         let expires = std::time::SystemTime::now() + after;
-        let conn = open(hub, set, None, Some(expires)).await.expect("opened");
+        let conn = open(hub, set, None, Some(expires), false)
+            .await
+            .expect("opened");
         let mut s = Box::pin(conn.into_stream());
         assert!(data(&next(&mut s).await).is_empty(), "the prelude first");
         s
@@ -751,7 +773,7 @@ mod tests {
         let past = std::time::SystemTime::now() - Duration::from_secs(1);
         let cursor = Some(vec![Position::new(0, 0)]);
         assert!(matches!(
-            open(&hub, set, cursor, Some(past)).await,
+            open(&hub, set, cursor, Some(past), false).await,
             Err(OpenError::Expired)
         ));
         assert_eq!(hub.inner.metrics.events_replayed.get(), 0);
@@ -779,7 +801,14 @@ mod tests {
         assert_eq!(next(&mut s).await, hub.inner.retry_frame);
         assert!(s.next().await.is_none(), "the stream ended");
         assert!(matches!(
-            open(&hub, TopicSet::parse(["a"], 32).expect("topic"), None, None).await,
+            open(
+                &hub,
+                TopicSet::parse(["a"], 32).expect("topic"),
+                None,
+                None,
+                false
+            )
+            .await,
             Err(OpenError::ShuttingDown)
         ));
     }

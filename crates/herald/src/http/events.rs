@@ -17,20 +17,43 @@ use crate::hub::Hub;
 use crate::server::IpSlot;
 use crate::stream::{self, Conn, OpenError};
 
-/// The query: every `topic=` value (each a comma-separated list) and the optional
-/// `last_event_id=` cursor. Other parameters (cache busters, `access_token`) are
-/// ignored here.
-fn parse_query(query: Option<&str>) -> (Vec<String>, Option<String>) {
-    let mut topics = Vec::new();
-    let mut cursor = None;
+/// What the query asks for.
+struct Query {
+    /// Every `topic=` value (each a comma-separated list).
+    topics: Vec<String>,
+    /// `last_event_id=`.
+    cursor: Option<String>,
+    /// `envelope=1`: each event's data as `{"topic": ..., "data": ...}`.
+    envelope: bool,
+}
+
+/// Reads the query. Other parameters (cache busters, `access_token`) are ignored.
+fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
+    let mut q = Query {
+        topics: Vec::new(),
+        cursor: None,
+        envelope: false,
+    };
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match &*k {
-            "topic" => topics.push(v.into_owned()),
-            "last_event_id" if !v.is_empty() => cursor = Some(v.into_owned()),
+            "topic" => q.topics.push(v.into_owned()),
+            "last_event_id" if !v.is_empty() => q.cursor = Some(v.into_owned()),
+            "envelope" => {
+                q.envelope = match &*v {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => {
+                        return Err(ApiError::InvalidRequest(format!(
+                            "envelope must be 1 or 0, not {:?}",
+                            other.chars().take(16).collect::<String>()
+                        )));
+                    }
+                }
+            }
             _ => {}
         }
     }
-    (topics, cursor)
+    Ok(q)
 }
 
 pub(crate) async fn events(State(hub): State<Hub>, parts: Parts) -> Result<Response, ApiError> {
@@ -120,7 +143,11 @@ pub(crate) async fn authorize(
 }
 
 async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
-    let (topics, query_cursor) = parse_query(parts.uri.query());
+    let Query {
+        topics,
+        cursor: query_cursor,
+        envelope,
+    } = parse_query(parts.uri.query())?;
     let max = hub.config().max_topics;
     let mut set = TopicSet::parse(topics.iter().map(String::as_str), max)?;
     let expires_at = authorize(hub, parts, set.topics(), false).await?;
@@ -148,7 +175,7 @@ async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
         .or(query_cursor)
         .map(|c| set.decode(&c))
         .transpose()?;
-    stream::open(hub, set, cursor, expires_at)
+    stream::open(hub, set, cursor, expires_at, envelope)
         .await
         .map_err(|e| match e {
             OpenError::Full(_) | OpenError::ShuttingDown => ApiError::Unavailable(e.to_string()),
