@@ -64,7 +64,10 @@
 //! reconnects with `Last-Event-ID` set to the cursor: the hub replays what was
 //! missed on every topic, in order, none twice, or says [`Message::Reset`] for the
 //! topics whose history is gone. Other 4xx answers are not retried: the stream
-//! yields a [`ClientError`] carrying the hub's JSON error and ends.
+//! yields a [`ClientError`] carrying the hub's JSON error and ends; a 401 is
+//! retried once when tokens come from [`SubscribeBuilder::bearer_with`] (the hub
+//! ends a stream when its token expires). [`SubscribeBuilder::with_topic`] makes
+//! each [`Event`] say which topic it was published to.
 //!
 //! The [`sse`] module is the WHATWG event-stream parser the subscription uses,
 //! usable on its own.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{BoxStream, Fuse, FusedStream};
 use futures_util::{Stream, StreamExt};
 use reqwest::Url;
@@ -46,6 +47,9 @@ pub struct Event {
     pub name: String,
     /// The event's data, as published: one line of compact JSON.
     pub data: String,
+    /// The topic the event was published to, on a subscription made with
+    /// [`SubscribeBuilder::with_topic`] (`None` otherwise).
+    pub topic: Option<String>,
 }
 
 impl Event {
@@ -86,12 +90,30 @@ pub enum Message {
     },
 }
 
+/// Where a subscription's bearer token comes from.
+#[derive(Clone)]
+enum Bearer {
+    Fixed(String),
+    /// Asked before every connection attempt.
+    Source(Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>),
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fixed(_) => "Bearer::Fixed(..)",
+            Self::Source(_) => "Bearer::Source(..)",
+        })
+    }
+}
+
 /// Configures a subscription; from [`Client::subscribe`].
 #[derive(Debug, Clone)]
 pub struct SubscribeBuilder {
     client: Client,
     topics: Vec<String>,
-    bearer: Option<String>,
+    bearer: Option<Bearer>,
+    envelope: bool,
     cursor: Option<String>,
     retry: Duration,
     max_backoff: Duration,
@@ -105,6 +127,7 @@ impl SubscribeBuilder {
             client,
             topics,
             bearer: None,
+            envelope: false,
             cursor: None,
             retry: DEFAULT_RETRY,
             max_backoff: DEFAULT_MAX_BACKOFF,
@@ -113,9 +136,41 @@ impl SubscribeBuilder {
         }
     }
 
-    /// Sends `Authorization: Bearer <token>` (a subscriber JWT).
+    /// Sends `Authorization: Bearer <token>` (a subscriber JWT). The hub ends a
+    /// stream when its token expires; with a fixed token the reconnection then
+    /// fails with [`ClientError`] 401. Use [`Self::bearer_with`] for tokens that
+    /// expire.
     pub fn bearer(mut self, token: impl Into<String>) -> Self {
-        self.bearer = Some(token.into());
+        self.bearer = Some(Bearer::Fixed(token.into()));
+        self
+    }
+
+    /// Asks `token` for the bearer token before every connection attempt, so a
+    /// stream ended by its token's expiry resumes with a fresh one. A 401 is
+    /// retried once with a new token, then ends the subscription.
+    ///
+    /// ```no_run
+    /// # async fn f(client: herald_client::Client) {
+    /// let sub = client
+    ///     .subscribe(["user:42"])
+    ///     .bearer_with(|| async { fetch_token().await })
+    ///     .stream();
+    /// # }
+    /// # async fn fetch_token() -> String { String::new() }
+    /// ```
+    pub fn bearer_with<F, Fut>(mut self, token: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = String> + Send + 'static,
+    {
+        self.bearer = Some(Bearer::Source(Arc::new(move || Box::pin(token()))));
+        self
+    }
+
+    /// Asks the hub to say which topic each event came from (`envelope=1`):
+    /// [`Event::topic`] is set, and [`Event::data`] is still the published data.
+    pub fn with_topic(mut self) -> Self {
+        self.envelope = true;
         self
     }
 
@@ -241,7 +296,11 @@ enum Attempt {
 struct Inner {
     client: Client,
     url: Url,
-    bearer: Option<String>,
+    bearer: Option<Bearer>,
+    /// Events come as `{"topic", "data"}` (`envelope=1`).
+    envelope: bool,
+    /// The last attempt was refused with 401 (retried once with a fresh token).
+    unauthorized: bool,
     /// Shared with the [`Subscription`]: updated as messages are yielded.
     cursor: Arc<Mutex<Option<String>>>,
     retry: Duration,
@@ -269,6 +328,14 @@ struct Topics {
     topics: Vec<String>,
 }
 
+/// An event's data on a stream opened with `envelope=1`.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    topic: String,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
 impl Inner {
     fn new(b: SubscribeBuilder, cursor: Arc<Mutex<Option<String>>>) -> Self {
         let (url, fatal) = match b.client.endpoint("events") {
@@ -277,6 +344,9 @@ impl Inner {
                 if !b.topics.is_empty() {
                     url.query_pairs_mut()
                         .append_pair("topic", &b.topics.join(","));
+                }
+                if b.envelope {
+                    url.query_pairs_mut().append_pair("envelope", "1");
                 }
                 (url, None)
             }
@@ -290,6 +360,8 @@ impl Inner {
             client: b.client,
             url,
             bearer: b.bearer,
+            envelope: b.envelope,
+            unauthorized: false,
             cursor,
             retry: b.retry,
             max_backoff: b.max_backoff,
@@ -462,14 +534,25 @@ impl Inner {
             }
             // `--heartbeat-event` heartbeats: never carry an id (published events do).
             "heartbeat" if !own_id => {}
-            _ => self.push(
-                Some(id.clone()),
-                Message::Event(Event {
-                    cursor: id,
-                    name,
-                    data,
-                }),
-            ),
+            _ => {
+                let (topic, data) = if self.envelope {
+                    match serde_json::from_str::<Envelope>(&data) {
+                        Ok(e) => (Some(e.topic), e.data.get().to_owned()),
+                        Err(_) => (None, data),
+                    }
+                } else {
+                    (None, data)
+                };
+                self.push(
+                    Some(id.clone()),
+                    Message::Event(Event {
+                        cursor: id,
+                        name,
+                        data,
+                        topic,
+                    }),
+                );
+            }
         }
         false
     }
@@ -498,8 +581,15 @@ impl Inner {
         if let Some(v) = last_event_id {
             request = request.header("last-event-id", v);
         }
-        if let Some(token) = &self.bearer {
-            request = request.header(AUTHORIZATION, bearer(token).map_err(Attempt::Fatal)?);
+        match &self.bearer {
+            Some(Bearer::Fixed(token)) => {
+                request = request.header(AUTHORIZATION, bearer(token).map_err(Attempt::Fatal)?);
+            }
+            Some(Bearer::Source(source)) => {
+                let token = source().await;
+                request = request.header(AUTHORIZATION, bearer(&token).map_err(Attempt::Fatal)?);
+            }
+            None => {}
         }
         let response = match request.send().await {
             Ok(r) => r,
@@ -512,6 +602,18 @@ impl Inner {
             }
         };
         let status = response.status();
+        // A token that expired: with a token source, try once more with a new one.
+        let refused = status.as_u16() == 401;
+        let retry_unauthorized =
+            refused && !self.unauthorized && matches!(self.bearer, Some(Bearer::Source(_)));
+        self.unauthorized = refused;
+        if retry_unauthorized {
+            let error = error_from_response(response).await;
+            return Err(Attempt::Retry {
+                error: error.to_string(),
+                at_least: Duration::ZERO,
+            });
+        }
         if status.as_u16() == 200 {
             let content_type = response
                 .headers()

@@ -247,6 +247,35 @@ async fn reconnect_before_any_event_resumes_from_the_opening_cursor() {
 }
 
 #[tokio::test]
+async fn with_topic_names_each_events_topic() {
+    let (hub, addr) = start_hub(config()).await;
+    let client = client(addr);
+    let mut sub = client.subscribe(["a", "b"]).with_topic().stream();
+    connected(&mut sub).await;
+    hub.publish("b", "n", &serde_json::json!({"k": [1, 2]}))
+        .await
+        .unwrap();
+    hub.publish("a", "n", &7).await.unwrap();
+    // (The order across topics is not guaranteed.)
+    let mut got = [next_event(&mut sub).await, next_event(&mut sub).await];
+    got.sort_by(|x, y| x.topic.cmp(&y.topic));
+    assert_eq!(
+        (got[0].topic.as_deref(), got[0].data.as_str()),
+        (Some("a"), "7")
+    );
+    assert_eq!(
+        (got[1].topic.as_deref(), got[1].data.as_str()),
+        (Some("b"), r#"{"k":[1,2]}"#)
+    );
+    // Without it: no topic, the data as published.
+    let mut plain = client.subscribe(["a"]).stream();
+    connected(&mut plain).await;
+    hub.publish("a", "n", &8).await.unwrap();
+    let ev = next_event(&mut plain).await;
+    assert_eq!((ev.topic, ev.data.as_str()), (None, "8"));
+}
+
+#[tokio::test]
 async fn multi_topic_and_resume_from_a_saved_cursor() {
     let (hub, addr) = start_hub(config()).await;
     let client = client(addr);

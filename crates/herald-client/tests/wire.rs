@@ -232,6 +232,71 @@ id: 1-0
 }
 
 #[tokio::test]
+async fn a_token_source_is_asked_before_every_attempt_and_a_401_retried_once() {
+    // The hub ends a stream when its token expires; the reconnection with the
+    // old token gets 401. A token source gives a fresh one each time.
+    const UNAUTHORIZED: &[u8] = b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 49\r\nConnection: close\r\n\r\n{\"error\":\"unauthorized\",\"detail\":\"expired 1234\"}";
+    let (addr, heads) = fake_server(vec![
+        script(&[SSE_HEAD, b"retry: 10\n\nid: 1-0\n\ndata: 1\n\n"], false),
+        script(&[UNAUTHORIZED], false),
+        script(&[SSE_HEAD, b"id: 2-0\ndata: 2\n\n"], false),
+        script(&[UNAUTHORIZED], false),
+    ])
+    .await;
+    let minted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = minted.clone();
+    let mut sub = Client::new(format!("http://{addr}"))
+        .unwrap()
+        .subscribe(["a"])
+        .bearer_with(move || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            async move { format!("tok-{n}") }
+        })
+        .max_backoff(Duration::from_millis(100))
+        .stream();
+    let mut events = 0;
+    let err = loop {
+        match next(&mut sub).await.expect("ended without an error") {
+            Ok(Message::Event(_)) => events += 1,
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    // Stream, 401 (retried with a new token), stream, then 401 twice in a row.
+    assert_eq!(events, 2);
+    assert!(matches!(err, ClientError::Unauthorized(_)), "{err:?}");
+    let heads = heads.lock().unwrap().clone();
+    let tokens: Vec<&str> = heads
+        .iter()
+        .map(|h| header(h, "authorization").unwrap_or(""))
+        .collect();
+    assert_eq!(
+        tokens,
+        [
+            "Bearer tok-1",
+            "Bearer tok-2",
+            "Bearer tok-3",
+            "Bearer tok-4",
+            "Bearer tok-5"
+        ]
+    );
+    assert_eq!(header(&heads[2], "last-event-id"), Some("1-0"));
+
+    // A fixed token is not retried: the first 401 ends the subscription.
+    let (addr, heads) = fake_server(vec![script(&[UNAUTHORIZED], false)]).await;
+    let mut sub = Client::new(format!("http://{addr}"))
+        .unwrap()
+        .subscribe(["a"])
+        .bearer("fixed")
+        .stream();
+    assert!(matches!(
+        next(&mut sub).await.unwrap(),
+        Err(ClientError::Unauthorized(_))
+    ));
+    assert_eq!(heads.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn not_an_event_stream_is_terminal() {
     let (addr, heads) = fake_server(vec![script(
         &[b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nhi"],
