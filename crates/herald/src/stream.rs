@@ -99,8 +99,12 @@ pub(crate) struct Conn {
     /// With a write linger: the last write was held for a tick (the topic is busy),
     /// so the next one waits for the next tick without waking for each event.
     busy: bool,
-    /// Written before anything live: retry, cursor, reset, history.
+    /// Written before anything live: retry, cursor, reset.
     pub(crate) prelude: Option<Bytes>,
+    /// The history to replay after the prelude, in position order, written a
+    /// chunk at a time (a resume over many topics of large events would
+    /// otherwise gather all of it in one buffer).
+    replay: Option<Box<std::vec::IntoIter<(usize, Frame)>>>,
 }
 
 /// Opens a stream for `set`, resuming from `cursor` (one position per topic).
@@ -192,7 +196,7 @@ pub(crate) async fn open(
             .unwrap_or_default();
         Box::pin(tokio::time::sleep(left))
     });
-    let mut subs = Subs {
+    let subs = Subs {
         live,
         positions,
         exclusive,
@@ -200,13 +204,6 @@ pub(crate) async fn open(
         envelope,
         registration,
     };
-    // Counted as written: a takeover marker in the history is not.
-    let mut replayed = 0;
-    for (i, frame) in replay {
-        replayed += u64::from(subs.write_chunk(i, &frame, &mut prelude));
-    }
-    inner.metrics.events_replayed.inc_by(replayed);
-    inner.metrics.events_delivered.inc_by(replayed);
     tracing::debug!(
         topics = subs.positions.len(),
         resumed = cursor.is_some(),
@@ -219,6 +216,7 @@ pub(crate) async fn open(
         tick_seen: 0,
         busy: false,
         prelude: prelude.finish(),
+        replay: (!replay.is_empty()).then(|| Box::new(replay.into_iter())),
     })
 }
 
@@ -458,6 +456,27 @@ impl Conn {
         })
     }
 
+    /// The next part of the history to replay (up to `COALESCE_BYTES`), or `None`
+    /// once it is all written. Counts what it writes (a takeover marker in the
+    /// history is not).
+    pub(crate) fn replay_chunk(&mut self) -> Option<Bytes> {
+        let replay = self.replay.as_mut()?;
+        let mut chunk = Chunk::default();
+        let mut replayed = 0u64;
+        while chunk.len() < COALESCE_BYTES {
+            let Some((i, frame)) = replay.next() else {
+                self.replay = None;
+                break;
+            };
+            replayed += u64::from(self.subs.write_chunk(i, &frame, &mut chunk));
+        }
+        let inner = self.subs.inner();
+        inner.metrics.events_replayed.inc_by(replayed);
+        inner.metrics.events_delivered.inc_by(replayed);
+        // Nothing written from a whole slice (takeover markers only): go on.
+        chunk.finish().or_else(|| self.replay_chunk())
+    }
+
     /// The next bytes to write, or `None` when the stream is over.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(prelude) = self.prelude.take() {
@@ -471,6 +490,9 @@ impl Conn {
         // have fired yet).
         if self.heartbeat.is_closed() || self.expired() {
             return Some(self.subs.end_now(Chunk::default()));
+        }
+        if let Some(history) = self.replay_chunk() {
+            return Some(history);
         }
         let mut chunk = Chunk::default();
         let mut delivered = 0u64;
@@ -655,6 +677,66 @@ mod tests {
 
     async fn publish(hub: &Hub, n: u64) {
         hub.publish("a", "n", &n).await.expect("published");
+    }
+
+    #[tokio::test]
+    async fn a_long_history_is_replayed_a_chunk_at_a_time() {
+        // Found by a review: the whole history went into one buffer before
+        // anything was written (up to retention x payload x topics per request).
+        let hub = Hub::new(HubConfig {
+            retention_events: 1000,
+            ..HubConfig::default()
+        })
+        .expect("valid config");
+        let first = hub.publish("a", "n", &0u64).await.expect("published");
+        let pad = "x".repeat(1000);
+        for n in 1..200u64 {
+            hub.publish("a", "n", &serde_json::json!([n, pad]))
+                .await
+                .expect("published");
+        }
+        let set = TopicSet::parse(["a"], 32).expect("topic");
+        let conn = open(&hub, set, Some(vec![first]), None, false)
+            .await
+            .expect("opened");
+        let mut s = Box::pin(conn.into_stream());
+        let prelude = next(&mut s).await;
+        assert!(prelude.starts_with(b"retry:"), "the prelude first");
+        assert!(
+            prelude.len() < 1024,
+            "without the history: {}",
+            prelude.len()
+        );
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while got.len() < 199 {
+            let chunk = next(&mut s).await;
+            assert!(chunk.len() <= COALESCE_BYTES + 2048, "{}", chunk.len());
+            chunks += 1;
+            for line in std::str::from_utf8(&chunk).expect("utf-8").lines() {
+                if let Some(d) = line.strip_prefix("data: [") {
+                    got.push(d.split(',').next().expect("n").parse::<u64>().expect("n"));
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            (1..200).collect::<Vec<_>>(),
+            "all of it, in order, once"
+        );
+        assert!(chunks >= 6, "~200 KB in 32 KiB chunks: {chunks}");
+        // Then live.
+        hub.publish("a", "n", &7u64).await.expect("published");
+        assert_eq!(data(&next(&mut s).await), [7]);
+        let replayed = hub
+            .render_metrics()
+            .lines()
+            .find(|l| l.starts_with("herald_events_replayed_total "))
+            .map(str::to_owned);
+        assert_eq!(
+            replayed.as_deref(),
+            Some("herald_events_replayed_total 199")
+        );
     }
 
     #[tokio::test(start_paused = true)]

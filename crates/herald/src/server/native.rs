@@ -299,16 +299,9 @@ async fn serve_stream(mut out: Out<'_>, conn: Conn) {
 /// Drives `conn` as a direct stream ([`crate::direct`]): publishers write to the
 /// socket while it is idle; this task writes the prelude, heartbeats, what
 /// publishers hand back, and the end.
-async fn serve_direct(mut out: Out<'_>, conn: Conn, socket: Arc<TcpStream>) {
-    let Conn {
-        subs,
-        mut deadline,
-        mut heartbeat,
-        prelude,
-        ..
-    } = conn;
-    // The head and the prelude go out before publishers may write.
-    let first = match prelude {
+async fn serve_direct(mut out: Out<'_>, mut conn: Conn, socket: Arc<TcpStream>) {
+    // The head, the prelude and the history go out before publishers may write.
+    let first = match conn.prelude.take() {
         Some(prelude) => out.chunk(Some(&prelude)).await,
         None => match out.head.take() {
             Some(head) => write_framed(&mut out.wr, head).await,
@@ -318,6 +311,17 @@ async fn serve_direct(mut out: Out<'_>, conn: Conn, socket: Arc<TcpStream>) {
     if first.is_err() {
         return;
     }
+    while let Some(history) = conn.replay_chunk() {
+        if out.chunk(Some(&history)).await.is_err() {
+            return;
+        }
+    }
+    let Conn {
+        subs,
+        mut deadline,
+        mut heartbeat,
+        ..
+    } = conn;
     let expires = deadline.as_ref().map(|d| d.deadline());
     let direct = Direct::new(subs, socket, out.http10, expires);
     let _attached = Attached::new(direct.clone());
