@@ -508,6 +508,43 @@ async fn redis_cluster_delivers_across_shards_and_resumes() {
 }
 
 #[tokio::test]
+async fn a_deploy_adding_a_broadcast_topic_keeps_cursors_resuming() {
+    // Instances before the deploy have no broadcast topic, those after have one:
+    // a cursor from before resumes its topics exactly on an instance after, and
+    // the broadcast topic (whose history it never saw) is reset.
+    let r = Redis::start();
+    let old = on_redis(&redis_args(&r), &[]);
+    let new = on_redis(&redis_args(&r), &["--broadcast-topic", "all"]);
+    let mut single = Sse::open(&old.url("/events?topic=a"), None).await;
+    let mut multi = Sse::open(&old.url("/events?topic=a,b"), None).await;
+    old.send("a", "n", json!(1)).await;
+    assert_eq!(single.next().await.json(), json!(1));
+    assert_eq!(multi.next().await.json(), json!(1));
+    let (c1, c2) = (single.last_id.clone(), multi.last_id.clone());
+    drop((single, multi));
+    old.send("a", "n", json!(2)).await;
+    old.send("b", "n", json!(3)).await;
+    new.send("all", "notice", json!("broadcast")).await;
+    for (topics, cursor, missed) in [
+        ("a", &c1, vec![json!(2)]),
+        ("a,b", &c2, vec![json!(2), json!(3)]),
+    ] {
+        let mut s = Sse::open(&new.url(&format!("/events?topic={topics}")), Some(cursor)).await;
+        let ev = s.next().await;
+        assert_eq!(
+            (ev.event.as_str(), ev.json()),
+            ("herald.reset", json!({"topics": ["all"]})),
+            "{topics}"
+        );
+        for want in missed {
+            assert_eq!(s.next().await.json(), want, "{topics}");
+        }
+        new.send("all", "notice", json!(topics)).await;
+        assert_eq!(s.next().await.json(), json!(topics));
+    }
+}
+
+#[tokio::test]
 async fn retention_off_is_pure_pubsub_and_gaps_reset() {
     let r = Redis::start();
     let h = on_redis(&redis_args(&r), &["--retention-events", "0"]);

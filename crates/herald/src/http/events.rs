@@ -142,6 +142,36 @@ pub(crate) async fn authorize(
     }
 }
 
+/// Reads `cursor` for `set`. A cursor issued before the hub had its broadcast
+/// topic (for `asked`, the topics without it) is read too: its topics resume
+/// exactly, and the broadcast topic from position 0 (so a `herald.reset` for it,
+/// as nothing says what the client saw there). Clients do not all get a 400 (and
+/// browsers do not stop reconnecting) when a deploy adds a broadcast topic.
+fn decode(
+    set: &TopicSet,
+    asked: Option<&TopicSet>,
+    cursor: &str,
+) -> Result<Vec<crate::event::Position>, crate::cursor::SubscriptionError> {
+    set.decode(cursor).or_else(|e| {
+        let Some(asked) = asked else {
+            return Err(e);
+        };
+        let mine = asked.decode(cursor).map_err(|_| e)?;
+        let mut theirs = mine.into_iter();
+        Ok(set
+            .topics()
+            .iter()
+            .map(|t| {
+                if asked.topics().contains(t) {
+                    theirs.next().unwrap_or_default()
+                } else {
+                    crate::event::Position::default()
+                }
+            })
+            .collect())
+    })
+}
+
 async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
     let Query {
         topics,
@@ -152,11 +182,13 @@ async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
     let mut set = TopicSet::parse(topics.iter().map(String::as_str), max)?;
     let expires_at = authorize(hub, parts, set.topics(), false).await?;
     // Every stream gets the broadcast topic too, unasked and without authorization.
+    let mut asked = None;
     if let Some(b) = &hub.config().broadcast_topic
         && !set.topics().iter().any(|t| t.as_str() == b)
     {
         let names = set.topics().iter().map(|t| t.as_str()).chain([b.as_str()]);
-        set = TopicSet::parse(names, max + 1)?;
+        let with_broadcast = TopicSet::parse(names, max + 1)?;
+        asked = Some(std::mem::replace(&mut set, with_broadcast));
     }
     // The header wins: EventSource keeps the first URL (with its `last_event_id`)
     // on reconnect and sends the newer cursor as `Last-Event-ID`.
@@ -173,7 +205,7 @@ async fn open(hub: &Hub, parts: &Parts) -> Result<Conn, ApiError> {
     };
     let cursor = header_cursor
         .or(query_cursor)
-        .map(|c| set.decode(&c))
+        .map(|c| decode(&set, asked.as_ref(), &c))
         .transpose()?;
     stream::open(hub, set, cursor, expires_at, envelope)
         .await
