@@ -377,6 +377,30 @@ async fn a_cursor_from_before_a_topics_first_event_resumes_exactly() {
 }
 
 #[tokio::test]
+async fn a_quiet_topics_mark_lives_while_streams_open_on_it() {
+    // A topic with no stream keeps a gap mark (a cursor's resume point) for
+    // --retention-ttl; every stream opening on it renews it, so reconnecting
+    // clients of a topic quiet for longer than that are not reset.
+    let r = Redis::start();
+    let h = on_redis(&redis_args(&r), &["--retention-ttl", "1h"]);
+    let first = Sse::open(&h.url("/events?topic=quiet"), None).await;
+    let cursor = first.last_id.clone();
+    drop(first);
+    let key = "herald:{quiet}:h";
+    let ttl = || r.cli(&["PTTL", key]).trim().parse::<i64>().unwrap();
+    assert!(ttl() > 3_000_000, "the mark lives for the TTL: {}", ttl());
+    // As if most of the TTL had passed.
+    r.cli(&["PEXPIRE", key, "1000000"]);
+    let s = Sse::open(&h.url("/events?topic=quiet"), Some(&cursor)).await;
+    assert_eq!(s.last_id, cursor, "resumed exactly at the mark");
+    assert!(ttl() > 1_000_000, "renewed: {}", ttl());
+    drop(s);
+    h.send("quiet", "n", json!("finally")).await;
+    let mut s = Sse::open(&h.url("/events?topic=quiet"), Some(&cursor)).await;
+    assert_eq!(s.next().await.json(), json!("finally"));
+}
+
+#[tokio::test]
 async fn channel_prefixes_isolate_hubs_on_one_redis() {
     let r = Redis::start();
     let x = on_redis(&redis_args(&r), &["--channel-prefix", "staging"]);

@@ -7,13 +7,18 @@
 -- kept in the horizon key as "g<id>" until the stream is created again (the next
 -- publish keeps it as the new stream's horizon). A stream opened meanwhile takes the
 -- mark as its cursor, so it resumes exactly into the new stream; any other cursor
--- is older than the mark (or from a stream that is gone) and gets a reset.
+-- is older than the mark (or from a stream that is gone) and gets a reset. Each
+-- read renews the mark's TTL; a topic that no stream opened on for the whole TTL
+-- loses it, and cursors from before then get a reset.
 -- KEYS: stream, horizon. ARGV[1]: the first position to read, or "" (head only);
 -- ARGV[2]: the horizon key's TTL in milliseconds.
 local stream, horizon = KEYS[1], KEYS[2]
 if redis.call('EXISTS', stream) == 0 then
   local mark = redis.call('GET', horizon)
   if mark and string.sub(mark, 1, 1) == 'g' then
+    -- Kept while streams keep opening on the quiet topic: a mark that expired
+    -- would reset their cursors.
+    redis.call('PEXPIRE', horizon, ARGV[2])
     return { '', string.sub(mark, 2), {} }
   end
   -- Not a gap mark: absent, or left over from a stream that is gone.
