@@ -74,6 +74,8 @@ impl Frame {
 
     /// The frame without its `id:` line, its data wrapped as
     /// `{"topic":"<topic>","data":<data>}` (streams opened with `envelope=1`).
+    /// Data that is not JSON (a library publish may send any bytes) goes in as a
+    /// JSON string, so the envelope is always JSON.
     pub(crate) fn body_in_envelope(&self, topic: &str) -> Bytes {
         let (body, data) = (self.body_start as usize, self.data_start as usize);
         // `data: X\n` (or several lines) and the blank line: the data lines' text
@@ -83,6 +85,14 @@ impl Frame {
             .strip_prefix(b"data: ")
             .and_then(|l| l.strip_suffix(b"\n"))
             .unwrap_or_default();
+        // The data as the client reads it: its lines joined with LF.
+        let joined: std::borrow::Cow<'_, [u8]> = if inner.contains(&b'\n') {
+            let text = String::from_utf8_lossy(inner).replace("\ndata: ", "\n");
+            std::borrow::Cow::Owned(text.into_bytes())
+        } else {
+            std::borrow::Cow::Borrowed(inner)
+        };
+        let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&joined).is_ok();
         let mut buf = BytesMut::with_capacity(self.full.len() + topic.len() + 32);
         buf.put_slice(&self.full[body..data]);
         buf.put_slice(b"data: {\"topic\":");
@@ -90,7 +100,14 @@ impl Frame {
         let quoted = serde_json::to_string(topic).unwrap_or_else(|_| "\"\"".into());
         buf.put_slice(quoted.as_bytes());
         buf.put_slice(b",\"data\":");
-        buf.put_slice(if inner.is_empty() { b"null" } else { inner });
+        if is_json {
+            // Valid JSON: its lines stay `data:` lines, which join back into it.
+            buf.put_slice(inner);
+        } else {
+            let text = serde_json::to_string(&String::from_utf8_lossy(&joined))
+                .unwrap_or_else(|_| "null".into());
+            buf.put_slice(text.as_bytes());
+        }
         buf.put_slice(b"}\n\n");
         buf.freeze()
     }
@@ -227,6 +244,31 @@ mod tests {
             .collect();
         let v: serde_json::Value = serde_json::from_str(&joined.join("\n")).unwrap();
         assert_eq!(v, serde_json::json!({"topic": "t", "data": {"a": 1}}));
+        // Data that is not JSON (found by a review: the envelope was not JSON
+        // then) goes in as a string of what the client would have read.
+        for (data, read) in [
+            ("hello", "hello"),
+            ("", ""),
+            (" ", " "),
+            ("\t\n", "\t\n"),
+            ("a\r\nb", "a\nb"),
+            ("{\"open\": ", "{\"open\": "),
+        ] {
+            let f = Frame::new(Position::new(6, 0), &ev(data));
+            let wrapped = f.body_in_envelope("t");
+            let text = std::str::from_utf8(&wrapped).unwrap();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            let v: serde_json::Value = serde_json::from_str(&lines.join("\n"))
+                .unwrap_or_else(|e| panic!("{data:?}: {e}: {text:?}"));
+            assert_eq!(
+                v,
+                serde_json::json!({"topic": "t", "data": read}),
+                "{data:?}"
+            );
+        }
     }
 
     #[test]

@@ -311,7 +311,12 @@ async fn serve_direct(mut out: Out<'_>, mut conn: Conn, socket: Arc<TcpStream>) 
     if first.is_err() {
         return;
     }
-    while let Some(history) = conn.replay_chunk() {
+    // (Shutdown or expired credentials stop the replay; the loop below ends the
+    // stream then.)
+    while !conn.heartbeat.is_closed()
+        && !crate::stream::expired(&conn.deadline)
+        && let Some(history) = conn.replay_chunk()
+    {
         if out.chunk(Some(&history)).await.is_err() {
             return;
         }
