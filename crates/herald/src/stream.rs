@@ -104,8 +104,11 @@ pub(crate) struct Conn {
     /// The history to replay after the prelude, in position order, written a
     /// chunk at a time (a resume over many topics of large events would
     /// otherwise gather all of it in one buffer).
-    replay: Option<Box<std::vec::IntoIter<(usize, Frame)>>>,
+    pub(crate) replay: Option<Box<Replay>>,
 }
+
+/// A stream's history still to write: (topic index, frame), in position order.
+pub(crate) type Replay = std::vec::IntoIter<(usize, Frame)>;
 
 /// Opens a stream for `set`, resuming from `cursor` (one position per topic).
 pub(crate) async fn open(
@@ -375,6 +378,27 @@ impl Subs {
         true
     }
 
+    /// The next part of `replay` to write (up to `COALESCE_BYTES`), or `None` once
+    /// it is all written (then `replay` is `None`). Counts what it writes (a
+    /// takeover marker in the history is not).
+    pub(crate) fn replay_chunk(&mut self, replay: &mut Option<Box<Replay>>) -> Option<Bytes> {
+        let frames = replay.as_mut()?;
+        let mut chunk = Chunk::default();
+        let mut replayed = 0u64;
+        while chunk.len() < COALESCE_BYTES {
+            let Some((i, frame)) = frames.next() else {
+                *replay = None;
+                break;
+            };
+            replayed += u64::from(self.write_chunk(i, &frame, &mut chunk));
+        }
+        let inner = self.inner();
+        inner.metrics.events_replayed.inc_by(replayed);
+        inner.metrics.events_delivered.inc_by(replayed);
+        // Nothing written from a whole slice (takeover markers only): go on.
+        chunk.finish().or_else(|| self.replay_chunk(replay))
+    }
+
     /// Moves every frame queued on the live rings into `chunk` (up to
     /// `COALESCE_BYTES`), counting the ones written in `delivered`. Stops when a
     /// ring overran this stream or was closed.
@@ -456,25 +480,9 @@ impl Conn {
         })
     }
 
-    /// The next part of the history to replay (up to `COALESCE_BYTES`), or `None`
-    /// once it is all written. Counts what it writes (a takeover marker in the
-    /// history is not).
-    pub(crate) fn replay_chunk(&mut self) -> Option<Bytes> {
-        let replay = self.replay.as_mut()?;
-        let mut chunk = Chunk::default();
-        let mut replayed = 0u64;
-        while chunk.len() < COALESCE_BYTES {
-            let Some((i, frame)) = replay.next() else {
-                self.replay = None;
-                break;
-            };
-            replayed += u64::from(self.subs.write_chunk(i, &frame, &mut chunk));
-        }
-        let inner = self.subs.inner();
-        inner.metrics.events_replayed.inc_by(replayed);
-        inner.metrics.events_delivered.inc_by(replayed);
-        // Nothing written from a whole slice (takeover markers only): go on.
-        chunk.finish().or_else(|| self.replay_chunk())
+    /// The next part of the history to replay; see [`Subs::replay_chunk`].
+    fn replay_chunk(&mut self) -> Option<Bytes> {
+        self.subs.replay_chunk(&mut self.replay)
     }
 
     /// The next bytes to write, or `None` when the stream is over.

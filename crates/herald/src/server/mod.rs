@@ -87,6 +87,9 @@ impl Hub {
         http.timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout);
         let http = Arc::new(http);
+        // Shared: each connection's task holds it for its whole life, and tokio
+        // rounds a task up to 128 bytes, so 48 bytes more per stream cost 128.
+        let shared_options = Arc::new(options.clone());
         tokio::pin!(signal);
         loop {
             let (socket, peer) = tokio::select! {
@@ -107,7 +110,7 @@ impl Hub {
                 app: app.clone(),
                 http: http.clone(),
                 watcher: graceful.watcher(),
-                options: options.clone(),
+                options: shared_options.clone(),
             };
             tracker.spawn(conn.run(socket, peer));
         }
@@ -198,7 +201,7 @@ struct Connection {
     app: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     watcher: Watcher,
-    options: ServeOptions,
+    options: Arc<ServeOptions>,
 }
 
 impl Connection {

@@ -299,9 +299,19 @@ async fn serve_stream(mut out: Out<'_>, conn: Conn) {
 /// Drives `conn` as a direct stream ([`crate::direct`]): publishers write to the
 /// socket while it is idle; this task writes the prelude, heartbeats, what
 /// publishers hand back, and the end.
-async fn serve_direct(mut out: Out<'_>, mut conn: Conn, socket: Arc<TcpStream>) {
+async fn serve_direct(mut out: Out<'_>, conn: Conn, socket: Arc<TcpStream>) {
+    // Taken apart before the first await: a `Conn` held across it would make every
+    // direct stream's task larger for its whole life.
+    let Conn {
+        mut subs,
+        mut deadline,
+        mut heartbeat,
+        prelude,
+        mut replay,
+        ..
+    } = conn;
     // The head, the prelude and the history go out before publishers may write.
-    let first = match conn.prelude.take() {
+    let first = match prelude {
         Some(prelude) => out.chunk(Some(&prelude)).await,
         None => match out.head.take() {
             Some(head) => write_framed(&mut out.wr, head).await,
@@ -313,20 +323,15 @@ async fn serve_direct(mut out: Out<'_>, mut conn: Conn, socket: Arc<TcpStream>) 
     }
     // (Shutdown or expired credentials stop the replay; the loop below ends the
     // stream then.)
-    while !conn.heartbeat.is_closed()
-        && !crate::stream::expired(&conn.deadline)
-        && let Some(history) = conn.replay_chunk()
+    while !heartbeat.is_closed()
+        && !crate::stream::expired(&deadline)
+        && let Some(history) = subs.replay_chunk(&mut replay)
     {
         if out.chunk(Some(&history)).await.is_err() {
             return;
         }
     }
-    let Conn {
-        subs,
-        mut deadline,
-        mut heartbeat,
-        ..
-    } = conn;
+    drop(replay);
     let expires = deadline.as_ref().map(|d| d.deadline());
     let direct = Direct::new(subs, socket, out.http10, expires);
     let _attached = Attached::new(direct.clone());
