@@ -18,6 +18,32 @@ async fn serve(app: axum::Router) -> std::net::SocketAddr {
     addr
 }
 
+/// Opens `/events?topic=<topics>` and reads up to its opening cursor.
+async fn subscribe(addr: std::net::SocketAddr, topics: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET /events?topic={topics} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    read_until(&mut s, "id: ").await;
+    s
+}
+
+/// POSTs an empty body to `path`; returns the whole answer.
+async fn post_empty(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
 #[tokio::test]
 async fn events_and_errors_through_axum_serve() {
     let hub = herald::Hub::new(herald::HubConfig::default()).unwrap();
@@ -165,26 +191,9 @@ async fn publish_response_layer_publishes_successful_json_responses() {
         .merge(hub.router());
     let addr = serve(app).await;
 
-    let mut sub = TcpStream::connect(addr).await.unwrap();
-    sub.write_all(b"GET /events?topic=ticket:7 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_until(&mut sub, "id: ").await;
+    let mut sub = subscribe(addr, "ticket:7").await;
 
-    let post = |path: &'static str| async move {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let post = |path: &'static str| post_empty(addr, path);
     // A refused request publishes nothing and its response is untouched.
     let refused = post("/tickets/7/lock").await;
     assert!(
@@ -227,25 +236,12 @@ async fn publish_response_parameters_cannot_steer_the_topic() {
         )
         .merge(hub.router());
     let addr = serve(app).await;
-    let mut sub = TcpStream::connect(addr).await.unwrap();
-    sub.write_all(b"GET /events?topic=org:5:ticket:5,org:acme:ticket:5:x/y,org:acme:ticket:5 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    read_until(&mut sub, "id: ").await;
-    let post = |path: &'static str| async move {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let mut sub = subscribe(
+        addr,
+        "org:5:ticket:5,org:acme:ticket:5:x/y,org:acme:ticket:5",
+    )
+    .await;
+    let post = |path: &'static str| post_empty(addr, path);
     for path in [
         "/orgs/%7Bid%7D/tickets/5",
         "/orgs/acme/tickets/5:x%2Fy",
